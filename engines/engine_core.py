@@ -1,0 +1,170 @@
+"""The engine state machines: a FIFO prefill queue and a continuously batched decode loop.
+
+Pure: no I/O, no clock. A driver asks for the next step (what runs and for how long), lets that
+much time pass in its own clock (asyncio.sleep in the simulated worker, an event in the
+virtual-clock simulator) and then reports the step finished. The same objects therefore run in real
+and in virtual time.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from engines.engine_model import EngineModel
+
+
+@dataclass(slots=True)
+class PrefillJob:
+    rid: str
+    append_tokens: int
+    cached_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillStep:
+    job: PrefillJob
+    duration_s: float
+
+
+@dataclass(slots=True)
+class PrefillQueue:
+    """Requests wait in FIFO order; one prefill forward runs at a time."""
+
+    model: EngineModel
+    max_waiting: int = 4096
+    waiting: deque[PrefillJob] = field(default_factory=deque)
+    running: PrefillJob | None = None
+
+    def add(self, job: PrefillJob) -> bool:
+        """Queue a job; False when the queue is full (the caller rejects the request)."""
+        if len(self.waiting) >= self.max_waiting:
+            return False
+        self.waiting.append(job)
+        return True
+
+    def abort(self, rid: str) -> bool:
+        for job in self.waiting:
+            if job.rid == rid:
+                self.waiting.remove(job)
+                return True
+        return False
+
+    def next_step(self) -> PrefillStep | None:
+        if self.running is not None or not self.waiting:
+            return None
+        job = self.waiting.popleft()
+        self.running = job
+        return PrefillStep(job, self.model.prefill_compute_s(job.append_tokens, job.cached_tokens))
+
+    def finish_step(self, step: PrefillStep) -> None:
+        if self.running is step.job:
+            self.running = None
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return 0 if self.running is None else 1
+
+    @property
+    def pending_tokens(self) -> int:
+        jobs = [*self.waiting, *([self.running] if self.running else [])]
+        return sum(j.append_tokens + j.cached_tokens for j in jobs)
+
+
+@dataclass(slots=True)
+class DecodeSeq:
+    rid: str
+    context_tokens: int
+    max_new_tokens: int
+    generated: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.generated >= self.max_new_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeStep:
+    rids: tuple[str, ...]
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEmitted:
+    rid: str
+    index: int
+    """0-based index of this output token for the sequence."""
+    finished: bool
+
+
+@dataclass(slots=True)
+class DecodeBatch:
+    """Continuous batching: sequences join between steps and leave as soon as they finish.
+
+    A sequence is admitted while the batch has room (`max_running`) and its context fits into the
+    KV pool (`max_total_tokens`); otherwise it waits in FIFO order.
+    """
+
+    model: EngineModel
+    max_running: int = 256
+    max_total_tokens: int = 1 << 22
+    max_waiting: int = 4096
+    waiting: deque[DecodeSeq] = field(default_factory=deque)
+    running: dict[str, DecodeSeq] = field(default_factory=dict)
+
+    def add(self, seq: DecodeSeq) -> bool:
+        if len(self.waiting) >= self.max_waiting:
+            return False
+        self.waiting.append(seq)
+        return True
+
+    def abort(self, rid: str) -> bool:
+        if self.running.pop(rid, None) is not None:
+            return True
+        for seq in self.waiting:
+            if seq.rid == rid:
+                self.waiting.remove(seq)
+                return True
+        return False
+
+    @property
+    def used_tokens(self) -> int:
+        return sum(s.context_tokens + s.max_new_tokens for s in self.running.values())
+
+    def _admit(self) -> None:
+        used = self.used_tokens
+        while self.waiting and len(self.running) < self.max_running:
+            seq = self.waiting[0]
+            need = seq.context_tokens + seq.max_new_tokens
+            # An empty batch always admits one sequence so an oversized one cannot wedge the queue.
+            if self.running and used + need > self.max_total_tokens:
+                break
+            self.waiting.popleft()
+            self.running[seq.rid] = seq
+            used += need
+
+    def next_step(self) -> DecodeStep | None:
+        self._admit()
+        if not self.running:
+            return None
+        context = sum(s.context_tokens for s in self.running.values())
+        duration = self.model.decode_step_s(len(self.running), context)
+        return DecodeStep(tuple(self.running), duration)
+
+    def finish_step(self, step: DecodeStep) -> list[TokenEmitted]:
+        out: list[TokenEmitted] = []
+        for rid in step.rids:
+            seq = self.running.get(rid)
+            if seq is None:  # aborted while the step ran
+                continue
+            index = seq.generated
+            seq.generated += 1
+            seq.context_tokens += 1
+            out.append(TokenEmitted(rid, index, seq.done))
+            if seq.done:
+                del self.running[rid]
+        return out

@@ -1,0 +1,1 @@
+"""Where KV lives: block store backends (embedded | Mooncake) and existence look-ups."""

@@ -1,0 +1,1 @@
+"""How we know: traces, the replay client, metrics, reports and the virtual-clock simulator."""

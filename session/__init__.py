@@ -1,0 +1,1 @@
+"""Who is talking: session identity, prefix block hashes, the session store (memory | Redis)."""

@@ -1,0 +1,80 @@
+"""Real processes on free loopback ports, waited on by readiness, never by sleeps."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
+    """Poll `url` until it answers 2xx; fail early if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            r = httpx.get(url, timeout=1.0)
+            if r.is_success:
+                return
+            last = r.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.05)  # a poll interval, not a wait for an event we could observe
+    raise TimeoutError(f"{url} not ready after {timeout}s (last: {last!r})")
+
+
+@contextlib.contextmanager
+def running(
+    cmd: Sequence[str], ready_url: str | None = None, *, timeout: float = 30, log: Path | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start `cmd`, wait until `ready_url` answers 2xx, and stop it (SIGTERM, then SIGKILL)."""
+    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        list(cmd), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    try:
+        if ready_url:
+            wait_http_ok(ready_url, proc, timeout)
+        yield proc
+    finally:
+        stop(proc)
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+def dualpath(*args: str) -> list[str]:
+    """The `dualpath` console command of the running interpreter's environment."""
+    return [str(BIN / "dualpath"), *args]
