@@ -51,9 +51,7 @@ def render_message(message: Mapping[str, Any]) -> str:
     return f"<|im_start|>{role}\n{body}<|im_end|>\n"
 
 
-def render_chat(
-    messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None
-) -> str:
+def render_chat(messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None) -> str:
     """The whole prompt for a chat request, ending with the assistant's turn opening."""
     head = ""
     if tools:

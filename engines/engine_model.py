@@ -192,8 +192,8 @@ class EngineModel:
         linear = 2.0 * m.active_params * append_tokens
         # Query i (0-based) sees cached + i + 1 tokens; use the mean position for the sum.
         mean_context = cached_tokens + (append_tokens + 1) / 2.0
-        attention = m.attn_flops_per_pair_layer * m.layers * append_tokens * m.attended(
-            mean_context
+        attention = (
+            m.attn_flops_per_pair_layer * m.layers * append_tokens * m.attended(mean_context)
         )
         indexer = m.indexer_flops_per_pair_layer * m.layers * append_tokens * mean_context
         return linear + attention + indexer
@@ -225,9 +225,13 @@ class EngineModel:
         touched = min(m.total_params, m.active_params * (1.0 + 0.05 * (batch_size - 1)))
         weight_bytes = touched * m.weight_bytes_per_param
         mean_context = context_tokens / batch_size
-        kv_read = batch_size * m.layers * (
-            m.attended(mean_context) * m.kv_bytes_per_token_layer
-            + mean_context * m.indexer_bytes_per_token_layer
+        kv_read = (
+            batch_size
+            * m.layers
+            * (
+                m.attended(mean_context) * m.kv_bytes_per_token_layer
+                + mean_context * m.indexer_bytes_per_token_layer
+            )
         )
         memory_s = (weight_bytes + kv_read) / self.node.hbm_bytes_per_s
         flops = 2.0 * m.active_params * batch_size + (

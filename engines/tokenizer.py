@@ -33,14 +33,14 @@ class Tokenizer(Protocol):
 _PIECE = re.compile(r" ?[A-Za-z]{1,6}| ?\d{1,3}|\s+|[^\sA-Za-z\d]")
 
 _WORDS = (
-    "the of and to in is that for it as with was on be by this are from at or an have not but "
-    "they which one you all were can there their has been more if will would so what when up out "
-    "into some them than then its time only new also these two may first any like now such our "
-    "over just where most after should make very well back even use how each much before must "
-    "here through way still find while same know take work since under used long good great "
-    "because need point part place state data value model token cache agent turn request "
-    "server engine prefill decode read path block store memory latency queue batch call tool "
-    "result file code test run check plan next step done ok yes"
+    "the of and to in is that for it as with was on be by this are from at or an have not "
+    "but they which one you all were can there their has been more if will would so what "
+    "when up out into some them than then its time only new also these two may first any "
+    "like now such our over just where most after should make very well back even use how "
+    "each much before must here through way still find while same know take work since under "
+    "used long good great because need point part place state data value model token cache "
+    "agent turn request server engine prefill decode read path block store memory latency "
+    "queue batch call tool result file code test run check plan next step done ok yes"
 ).split()
 _PUNCT = [".", ",", ":", ";", "!", "?", "\n", "(", ")", "-"]
 _VOCAB_PIECES: tuple[str, ...] = tuple([" " + w for w in _WORDS] + [w for w in _WORDS] + _PUNCT)
@@ -92,7 +92,9 @@ class HFTokenizer:
         self.name = path
         size = self._tok.get_vocab_size()
         # Skip the low ids, which are usually special or byte tokens, for readable output.
-        self._output = tuple(range(min(1000, size // 2), min(1000, size // 2) + min(500, size // 2)))
+        self._output = tuple(
+            range(min(1000, size // 2), min(1000, size // 2) + min(500, size // 2))
+        )
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)

@@ -24,7 +24,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http_ok(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30) -> None:
+def wait_http_ok(
+    url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 30
+) -> None:
     """Poll `url` until it answers 2xx; fail early if `proc` exits."""
     deadline = time.monotonic() + timeout
     last: object = None
@@ -44,13 +46,22 @@ def wait_http_ok(url: str, proc: subprocess.Popen[bytes] | None = None, timeout:
 
 @contextlib.contextmanager
 def running(
-    cmd: Sequence[str], ready_url: str | None = None, *, timeout: float = 30, log: Path | None = None
+    cmd: Sequence[str],
+    ready_url: str | None = None,
+    *,
+    timeout: float = 30,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start `cmd`, wait until `ready_url` answers 2xx, and stop it (SIGTERM, then SIGKILL)."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        list(cmd), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        list(cmd),
+        cwd=REPO,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        start_new_session=True,
     )
     try:
         if ready_url:

@@ -1,0 +1,84 @@
+"""The app factory: a FastAPI app whose state (client, registry, placement) the lifespan owns."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from engines.pd_client import UpstreamClient
+from engines.worker_registry import Worker, WorkerRegistry
+from gateway.errors import APIError, InvalidRequest, MethodNotAllowed, NotFound
+from gateway.pd_dispatch import PDDispatcher
+from gateway.placement import RoundRobinPlacement
+from gateway.routes import GatewayState, now_s, router
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+def _error_response(err: APIError) -> Response:
+    return Response(
+        err.json_bytes(), status_code=err.status, headers=err.headers, media_type="application/json"
+    )
+
+
+async def _on_api_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, APIError)
+    return _error_response(exc)
+
+
+async def _on_http_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _error_response(NotFound("Unknown route"))
+    if exc.status_code == 405:
+        return _error_response(MethodNotAllowed("Method not allowed on this route"))
+    err = InvalidRequest(str(exc.detail))
+    err.status = exc.status_code
+    return _error_response(err)
+
+
+async def _on_validation_error(_: Request, exc: Exception) -> Response:
+    return _error_response(InvalidRequest(f"Invalid request: {exc}"))
+
+
+async def _on_unexpected(_: Request, exc: Exception) -> Response:
+    # A bug, but the client still gets an OpenAI-shaped answer.
+    log.exception("unexpected error", exc_info=exc)
+    err = APIError("internal error in the gateway")
+    return _error_response(err)
+
+
+def create_app(settings: GatewaySettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = UpstreamClient(settings.timeouts, settings.upstream_connections)
+        workers = [Worker(s.url, s.role, s.bootstrap_port) for s in settings.workers]
+        registry = WorkerRegistry(workers, client, settings.health)
+        await registry.start()
+        app.state.gateway = GatewayState(
+            settings=settings,
+            registry=registry,
+            placement=RoundRobinPlacement(registry, settings.retry_after_s),
+            dispatcher=PDDispatcher(client),
+            started=now_s(),
+        )
+        try:
+            yield
+        finally:
+            await registry.stop()
+            await client.aclose()
+
+    app = FastAPI(title="dualpath-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.include_router(router)
+    app.add_exception_handler(APIError, _on_api_error)
+    app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(Exception, _on_unexpected)
+    return app

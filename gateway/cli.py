@@ -1,0 +1,145 @@
+"""The `dualpath` command: `up`, `serve` and `worker`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.syntax import Syntax
+
+app = typer.Typer(
+    name="dualpath",
+    help="An OpenAI-compatible gateway for agentic LLM traffic on SGLang PD clusters.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+
+@app.command()
+def up(
+    prefill: Annotated[int, typer.Option(min=1, help="Simulated prefill workers.")] = 1,
+    decode: Annotated[int, typer.Option(min=1, help="Simulated decode workers.")] = 2,
+    model: Annotated[str, typer.Option(help="Served model name (and cost model if known).")] = (
+        "tiny"
+    ),
+    engine_model: Annotated[
+        str | None, typer.Option(help="Cost-model preset; defaults to --model if it is one.")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address every process binds.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated workers' output.")] = 0,
+    time_scale: Annotated[
+        float, typer.Option(min=0, help="Multiplies every simulated GPU time (0 = instant).")
+    ] = 1.0,
+    ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60,
+) -> None:
+    """Start the gateway and simulated SGLang prefill/decode workers on embedded defaults."""
+    from engines.engine_model import MODELS
+    from gateway.launcher import Cluster, ClusterPlan, openai_snippet
+
+    cost_model = engine_model or (model if model in MODELS else "tiny")
+    if cost_model not in MODELS:
+        raise typer.BadParameter(f"known: {', '.join(sorted(MODELS))}", param_hint="--engine-model")
+    plan = ClusterPlan(prefill, decode, model, cost_model, host, port, seed, time_scale)
+    cluster = Cluster(plan)
+    cluster.build()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    cluster.start()
+    try:
+        with console.status("starting workers and gateway…"):
+            cluster.wait_ready(
+                ready_timeout,
+                lambda c: console.print(f"[green]✓[/] {c.name} ready ({c.ready_url})"),
+            )
+        console.print(
+            f"\n[bold]dualpath-gateway is up.[/] OpenAI base URL: [cyan]{cluster.base_url}[/]"
+        )
+        console.print(Syntax(openai_snippet(cluster.base_url, model), "python"))
+        console.print(f"logs: {cluster.workdir}   stop with Ctrl-C")
+        while not stop.wait(0.5):
+            if dead := cluster.dead():
+                console.print(f"[red]{dead[0].name} exited; stopping[/]")
+                raise typer.Exit(1)
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    finally:
+        cluster.stop()
+        console.print("stopped")
+
+
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option(help="YAML cluster file naming the workers.")],
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """Run the gateway alone against the workers named in a cluster file."""
+    from gateway.errors import ConfigError
+    from gateway.server import serve as run
+    from gateway.settings import load_cluster_file, load_settings
+
+    try:
+        settings = load_settings(load_cluster_file(config), host=host, port=port)
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    logging.basicConfig(level=settings.log_level.upper())
+    run(settings)
+
+
+@app.command()
+def worker(
+    role: Annotated[str, typer.Option(help="prefill, decode or null (no PD).")],
+    port: Annotated[int, typer.Option()] = 30000,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    bootstrap_port: Annotated[int, typer.Option(help="Prefill's PD bootstrap port.")] = 8998,
+    model: Annotated[str, typer.Option(help="Served model name.")] = "tiny",
+    engine_model: Annotated[str, typer.Option(help="Cost-model preset.")] = "tiny",
+    seed: Annotated[int, typer.Option()] = 0,
+    time_scale: Annotated[float, typer.Option(min=0)] = 1.0,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Path to a HuggingFace tokenizer.json.")
+    ] = None,
+) -> None:
+    """Run one simulated SGLang worker."""
+    if role not in ("prefill", "decode", "null"):
+        raise typer.BadParameter("must be prefill, decode or null", param_hint="--role")
+    from engines.sim_worker import SimWorkerConfig
+    from engines.sim_worker import serve as run
+
+    run(
+        SimWorkerConfig(
+            role=role,
+            host=host,
+            port=port,
+            bootstrap_port=bootstrap_port,
+            served_model_name=model,
+            engine_model=engine_model,
+            seed=seed,
+            tokenizer_path=tokenizer,
+            time_scale=time_scale,
+        )
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

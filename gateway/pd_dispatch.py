@@ -1,0 +1,195 @@
+"""PD dispatch, as SGLang's router does it: the same body to one prefill and one decode worker.
+
+Both legs get the client's JSON plus `bootstrap_host`, `bootstrap_port` and a random 63-bit
+`bootstrap_room` (one per item for batches). The decode worker's response is what the client gets
+(its stream relayed chunk by chunk); the prefill's is drained. A prefill failure before the decode
+answers fails the request instead of leaving the decode waiting for a partner that never comes.
+If the client goes away, both legs are aborted (`/abort_request`) and their connections closed.
+
+This module is also the one place where `engines` errors become OpenAI-shaped API errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+
+import orjson
+from starlette.responses import Response, StreamingResponse
+
+from engines.errors import UpstreamError, UpstreamTimeout
+from engines.pd_client import UpstreamClient, UpstreamResponse
+from gateway.errors import APIError, InvalidRequest, UpstreamFailed, UpstreamTimedOut
+from gateway.placement import PDPair
+from gateway.request_parsing import ParsedRequest
+from gateway.usage import SSEUsageFilter, patch_response_usage
+
+log = logging.getLogger(__name__)
+
+_DONE = b"data: [DONE]\n\n"
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+FORWARDED_HEADERS = ("traceparent", "tracestate", "x-request-id")
+
+
+def _translate(exc: UpstreamError) -> APIError:
+    if isinstance(exc, UpstreamTimeout):
+        return UpstreamTimedOut(f"worker timed out ({exc.phase}): {exc}")
+    return UpstreamFailed(f"worker failed: {exc}")
+
+
+def _worker_error(status: int, body: bytes, leg: str) -> APIError:
+    """A worker's non-2xx answer as an OpenAI error: its 4xx kept, its 5xx a 502."""
+    message = body.decode(errors="replace")[:500]
+    with contextlib.suppress(orjson.JSONDecodeError, AttributeError, TypeError):
+        obj = orjson.loads(body)
+        inner = obj.get("error", obj)
+        message = str(inner.get("message", message) if isinstance(inner, dict) else inner)
+    if 400 <= status < 500 and status not in (408, 429):
+        err: APIError = InvalidRequest(message)
+        err.status = status
+        return err
+    return UpstreamFailed(f"{leg} worker answered {status}: {message}")
+
+
+class PDDispatcher:
+    def __init__(self, client: UpstreamClient, rng: random.Random | None = None) -> None:
+        self._client = client
+        self._rng = rng or random.Random()
+        # Aborts and drains that outlive their request; a reference keeps them from being
+        # garbage-collected, and each removes itself when done (so the set is bounded by load).
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def upstream_body(self, req: ParsedRequest, pair: PDPair) -> tuple[dict[str, Any], str | None]:
+        """The body both workers receive, and the rid used to abort it (None for batches)."""
+        body = dict(req.body)
+        host, port = pair.prefill.bootstrap_host, pair.prefill.bootstrap_port
+        room = self._rng.getrandbits(63)
+        if req.batch_size > 1:
+            n = req.batch_size
+            body["bootstrap_host"] = [host] * n
+            body["bootstrap_port"] = [port] * n
+            body["bootstrap_room"] = [room + i for i in range(n)]
+        else:
+            body["bootstrap_host"] = host
+            body["bootstrap_port"] = port
+            body["bootstrap_room"] = room
+        rid = None
+        if req.batch_size == 1:
+            rid = body.setdefault("rid", uuid.uuid4().hex)
+        if req.stream:  # usage is always wanted; the relay drops it if the client did not ask
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return body, rid if isinstance(rid, str) else None
+
+    async def _abort(self, url: str, rid: str | None) -> None:
+        if rid is None:
+            return
+        with contextlib.suppress(UpstreamError):
+            await self._client.request_json("POST", url + "/abort_request", {"rid": rid})
+
+    def abort_both(self, pair: PDPair, rid: str | None) -> None:
+        self._spawn(self._abort(pair.prefill.url, rid))
+        self._spawn(self._abort(pair.decode.url, rid))
+
+    async def _prefill_leg(self, url: str, payload: bytes, headers: dict[str, str]) -> None:
+        response = await self._client.open(url, payload, headers)
+        try:
+            body = await response.read()
+        finally:
+            await response.aclose()
+        if response.status >= 300:
+            raise _worker_error(response.status, body, "prefill")
+
+    async def _open_decode(
+        self, req: ParsedRequest, pair: PDPair, headers: dict[str, str]
+    ) -> tuple[UpstreamResponse, asyncio.Task[None], str | None]:
+        body, rid = self.upstream_body(req, pair)
+        payload = orjson.dumps(body)
+        prefill = asyncio.create_task(
+            self._prefill_leg(pair.prefill.url + req.path, payload, headers)
+        )
+        decode = asyncio.create_task(
+            self._client.open(pair.decode.url + req.path, payload, headers)
+        )
+        try:
+            done, _ = await asyncio.wait({prefill, decode}, return_when=asyncio.FIRST_COMPLETED)
+            if prefill in done and prefill.exception() is not None:
+                raise prefill.exception()  # type: ignore[misc]
+            response = await decode
+        except BaseException as exc:
+            for task in (prefill, decode):
+                task.cancel()
+            self.abort_both(pair, rid)
+            if isinstance(exc, UpstreamError):
+                raise _translate(exc) from exc
+            raise
+        if response.status >= 300:
+            body_bytes = await response.read()
+            await response.aclose()
+            prefill.cancel()
+            self.abort_both(pair, rid)
+            raise _worker_error(response.status, body_bytes, "decode")
+        return response, prefill, rid
+
+    async def dispatch(self, req: ParsedRequest, pair: PDPair, headers: dict[str, str]) -> Response:
+        response, prefill, rid = await self._open_decode(req, pair, headers)
+        if req.stream:
+            return StreamingResponse(
+                self._relay(req, pair, response, prefill, rid),
+                media_type="text/event-stream",
+                headers=_SSE_HEADERS,
+            )
+        try:
+            body = await response.read()
+            await prefill
+        except UpstreamError as exc:
+            self.abort_both(pair, rid)
+            raise _translate(exc) from exc
+        finally:
+            prefill.cancel()
+            await response.aclose()
+        patched, _usage = patch_response_usage(body)
+        return Response(patched, media_type="application/json")
+
+    async def _relay(
+        self,
+        req: ParsedRequest,
+        pair: PDPair,
+        response: UpstreamResponse,
+        prefill: asyncio.Task[None],
+        rid: str | None,
+    ) -> AsyncIterator[bytes]:
+        usage = SSEUsageFilter(req.include_usage)
+        finished = False
+        try:
+            async for chunk in response.chunks():
+                out = usage.feed(chunk)
+                if out:
+                    yield out
+            yield usage.flush()
+            finished = True
+        except UpstreamError as exc:
+            # The stream already started: tell the client in-band and end it cleanly.
+            log.warning("decode stream from %s broke: %s", pair.decode.url, exc)
+            yield b"data: " + _translate(exc).json_bytes() + b"\n\n" + _DONE
+        finally:
+            if not finished:
+                self.abort_both(pair, rid)
+                prefill.cancel()
+            elif not prefill.done():
+                self._spawn(self._drain(prefill))
+            await response.aclose()
+
+    async def _drain(self, prefill: asyncio.Task[None]) -> None:
+        with contextlib.suppress(APIError, UpstreamError, asyncio.CancelledError):
+            await prefill

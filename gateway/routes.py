@@ -1,0 +1,96 @@
+"""The OpenAI-compatible routes and the health/readiness probes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from engines.worker_registry import WorkerRegistry
+from gateway.errors import ModelNotFound
+from gateway.pd_dispatch import FORWARDED_HEADERS, PDDispatcher
+from gateway.placement import Placement
+from gateway.request_parsing import check_content_type, parse_request, read_body
+from gateway.settings import GatewaySettings
+
+
+@dataclass(slots=True)
+class GatewayState:
+    """What the routes need, owned by the app's lifespan."""
+
+    settings: GatewaySettings
+    registry: WorkerRegistry
+    placement: Placement
+    dispatcher: PDDispatcher
+    started: int
+
+
+router = APIRouter()
+
+
+def _state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+async def _generate(request: Request) -> Response:
+    state = _state(request)
+    headers = request.headers
+    check_content_type(headers)
+    raw = await read_body(headers, request.stream(), state.settings.limits)
+    parsed = parse_request(request.url.path, raw, state.settings.limits)
+    if parsed.model not in state.registry.models():
+        raise ModelNotFound(
+            f"The model '{parsed.model}' does not exist or is not served here", param="model"
+        )
+    pair = state.placement.choose(parsed.model)
+    forwarded = {h: headers[h] for h in FORWARDED_HEADERS if h in headers}
+    return await state.dispatcher.dispatch(parsed, pair, forwarded)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(request: Request) -> Response:
+    return await _generate(request)
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(request: Request) -> Response:
+    return await _generate(request)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    state = _state(request)
+    data = [
+        {"id": m, "object": "model", "created": state.started, "owned_by": "dualpath"}
+        for m in state.registry.models()
+    ]
+    return JSONResponse({"object": "list", "data": data})
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    """Liveness: the gateway process answers."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: every known model has a healthy prefill and decode worker."""
+    registry = _state(request).registry
+    models = registry.models()
+    ready_models = registry.ready_models()
+    workers = [
+        {"url": w.url, "role": w.role, "model": w.model, "healthy": w.healthy} for w in registry.all
+    ]
+    ok = bool(models) and ready_models == models
+    return JSONResponse(
+        {"status": "ready" if ok else "not_ready", "models": ready_models, "workers": workers},
+        status_code=200 if ok else 503,
+    )
+
+
+def now_s() -> int:
+    return int(time.time())

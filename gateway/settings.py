@@ -1,0 +1,124 @@
+"""Gateway settings: the one module that reads the environment and the cluster file.
+
+Components receive frozen sub-configs; nothing else looks at `os.environ`.
+Environment variables (all optional) use the `DUALPATH_` prefix, e.g. `DUALPATH_MAX_BODY_BYTES`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engines.pd_client import UpstreamTimeouts
+from engines.worker_registry import HealthPolicy
+from gateway.errors import ConfigError
+
+ROLES = ("prefill", "decode")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """One upstream SGLang worker named in the cluster file or registered by `dualpath up`."""
+
+    url: str
+    role: str
+    bootstrap_port: int | None = None
+    """Prefill only: its PD bootstrap port; None lets the worker report it in /server_info."""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Input limits; a request over any of them gets a 4xx, never reaches a worker."""
+
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_output_tokens: int = 131072
+    """Largest `max_tokens` / `max_completion_tokens` accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: tuple[WorkerSpec, ...] = ()
+    timeouts: UpstreamTimeouts = field(default_factory=UpstreamTimeouts)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    retry_after_s: int = 2
+    """`Retry-After` sent with 503 when no healthy worker can take a request."""
+    upstream_connections: int = 1024
+    """Connection pool size towards the workers."""
+    log_level: str = "warning"
+
+
+def _coerce(value: str, like: Any) -> Any:
+    if isinstance(like, bool):
+        return value.lower() in ("1", "true", "yes", "on")
+    if isinstance(like, int):
+        return int(value)
+    if isinstance(like, float):
+        return float(value)
+    return value
+
+
+def _from_env(obj: Any, env: Mapping[str, str], prefix: str) -> Any:
+    """Override any scalar field of a frozen config from `PREFIX<FIELD>` variables."""
+    changes: dict[str, Any] = {}
+    for f in fields(obj):
+        current = getattr(obj, f.name)
+        name = prefix + f.name.upper()
+        if hasattr(current, "__dataclass_fields__"):
+            changes[f.name] = _from_env(current, env, name + "_")
+        elif name in env and isinstance(current, str | int | float | bool):
+            try:
+                changes[f.name] = _coerce(env[name], current)
+            except ValueError as exc:
+                raise ConfigError(f"{name}={env[name]!r}: {exc}") from exc
+    return replace(obj, **changes)
+
+
+def _worker_specs(raw: Any, source: str) -> tuple[WorkerSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{source}: 'workers' must be a non-empty list")
+    specs: list[WorkerSpec] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or "url" not in item or "role" not in item:
+            raise ConfigError(f"{source}: workers[{i}] needs 'url' and 'role'")
+        role = str(item["role"])
+        if role not in ROLES:
+            raise ConfigError(f"{source}: workers[{i}].role must be one of {ROLES}, not {role!r}")
+        port = item.get("bootstrap_port")
+        specs.append(WorkerSpec(str(item["url"]).rstrip("/"), role, int(port) if port else None))
+    return tuple(specs)
+
+
+def load_cluster_file(path: str | Path) -> tuple[WorkerSpec, ...]:
+    """Workers from a YAML cluster file: `workers: [{url, role, bootstrap_port?}, ...]`."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read cluster file {path}: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: expected a mapping with a 'workers' list")
+    return _worker_specs(data.get("workers"), str(path))
+
+
+def load_settings(
+    workers: tuple[WorkerSpec, ...] = (),
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> GatewaySettings:
+    """Defaults, then `DUALPATH_*` environment variables, then the CLI's flags."""
+    settings = _from_env(GatewaySettings(), os.environ if env is None else env, "DUALPATH_")
+    return replace(
+        settings,
+        workers=workers,
+        host=settings.host if host is None else host,
+        port=settings.port if port is None else port,
+    )
