@@ -1,0 +1,99 @@
+"""The engine cost model reproduces the physics named in DESIGN.md, and stays pure."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from engines.engine_core import DecodeBatch, DecodeSeq, PrefillJob, PrefillQueue
+from engines.engine_model import MODELS, EngineModel
+
+PURE_MODULES = ("engines/engine_model.py", "engines/engine_core.py")
+BANNED = {"asyncio", "time", "socket", "httpx", "aiohttp", "random", "os", "threading", "fastapi"}
+
+
+@pytest.mark.parametrize("path", PURE_MODULES)
+def test_cost_model_modules_import_no_io_or_clock(path: str) -> None:
+    tree = ast.parse((Path(__file__).parents[2] / path).read_text())
+    imported = {
+        (n.module or "").split(".")[0] if isinstance(n, ast.ImportFrom) else a.name.split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Import | ast.ImportFrom)
+        for a in n.names
+    }
+    assert not imported & BANNED
+
+
+def test_kv_bytes_per_token_follow_the_public_configs() -> None:
+    assert MODELS["qwen2.5-32b"].kv_bytes_per_token == 256 * 1024  # 64 layers × 8 × 128 × 2 × 2
+    assert MODELS["ds-v3.2-660b"].kv_bytes_per_token == (656 + 132) * 61
+    assert MODELS["ds-27b"].kv_bytes_per_token == (656 + 68) * 30
+
+
+@pytest.mark.parametrize("name", ["ds-v3.2-660b", "ds-27b", "qwen2.5-32b"])
+def test_agent_turns_are_bound_by_loading_not_computing(name: str) -> None:
+    """DualPath's premise: a turn appending ~429 tokens to ~32.7K cached ones reads for longer
+    through one storage NIC than it computes (paper §3)."""
+    m = EngineModel.named(name)
+    assert m.storage_read_s(32_700) > m.prefill_compute_s(429, 32_700)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_times_grow_with_work(name: str) -> None:
+    m = EngineModel.named(name)
+    assert m.prefill_compute_s(2048, 0) > m.prefill_compute_s(512, 0) > 0
+    assert m.prefill_compute_s(512, 16_000) > m.prefill_compute_s(512, 0)
+    assert m.decode_step_s(64, 64 * 8000) > m.decode_step_s(1, 8000) > 0
+    assert m.decode_step_s(0, 0) == 0
+
+
+def test_hopper_decode_fits_the_papers_tpot_slo_at_moderate_batch() -> None:
+    m = EngineModel.named("ds-v3.2-660b")
+    assert m.decode_step_s(64, 64 * 32_700) < 0.050  # TPOT SLO 50 ms
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="known"):
+        EngineModel.named("gpt-9")
+
+
+def test_prefill_queue_is_fifo_one_at_a_time() -> None:
+    q = PrefillQueue(EngineModel.named("tiny"), max_waiting=2)
+    assert q.add(PrefillJob("a", 100, 0)) and q.add(PrefillJob("b", 10, 0))
+    assert not q.add(PrefillJob("c", 10, 0))
+    step = q.next_step()
+    assert step is not None and step.job.rid == "a" and step.duration_s > 0
+    assert q.next_step() is None  # one forward at a time
+    q.finish_step(step)
+    assert q.abort("b") and q.next_step() is None
+
+
+def test_decode_batch_is_continuous_and_tpot_rises_with_load() -> None:
+    model = EngineModel.named("qwen2.5-32b")
+    batch = DecodeBatch(model)
+    batch.add(DecodeSeq("a", context_tokens=1000, max_new_tokens=2))
+    alone = batch.next_step()
+    assert alone is not None and alone.rids == ("a",)
+    for i in range(63):
+        batch.add(DecodeSeq(f"s{i}", context_tokens=30_000, max_new_tokens=5))
+    emitted = batch.finish_step(alone)
+    assert [(e.rid, e.index, e.finished) for e in emitted] == [("a", 0, False)]
+    crowded = batch.next_step()  # the newcomers join between steps
+    assert crowded is not None and len(crowded.rids) == 64
+    assert crowded.duration_s > alone.duration_s
+    done = [e.rid for e in batch.finish_step(crowded) if e.finished]
+    assert done == ["a"] and "a" not in batch.running
+
+
+def test_decode_batch_waits_for_kv_memory_but_never_wedges() -> None:
+    batch = DecodeBatch(EngineModel.named("tiny"), max_total_tokens=1000)
+    batch.add(DecodeSeq("big", context_tokens=5000, max_new_tokens=1))
+    batch.add(DecodeSeq("next", context_tokens=100, max_new_tokens=1))
+    step = batch.next_step()
+    assert step is not None and step.rids == ("big",)  # admitted alone although oversized
+    batch.finish_step(step)
+    step = batch.next_step()
+    assert step is not None and step.rids == ("next",)
+    assert batch.abort("next") and batch.finish_step(step) == []
