@@ -56,6 +56,19 @@ def _worker_error(status: int, body: bytes, leg: str) -> APIError:
     return UpstreamFailed(f"{leg} worker answered {status}: {message}")
 
 
+def _failed(task: asyncio.Task[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
+
+
+def _failure(exc: UpstreamError | APIError, prefill: asyncio.Task[None]) -> APIError:
+    """The error to report: the prefill's own when it failed first, else this one."""
+    if _failed(prefill):
+        cause = prefill.exception()
+        if isinstance(cause, APIError | UpstreamError):
+            exc = cause
+    return exc if isinstance(exc, APIError) else _translate(exc)
+
+
 class PDDispatcher:
     def __init__(self, client: UpstreamClient, rng: random.Random | None = None) -> None:
         self._client = client
@@ -141,8 +154,21 @@ class PDDispatcher:
             raise _worker_error(response.status, body_bytes, "decode")
         return response, prefill, rid
 
+    def _close_on_prefill_failure(
+        self, prefill: asyncio.Task[None], response: UpstreamResponse
+    ) -> None:
+        """A prefill that fails after the decode answered would leave the decode waiting for KV
+        until its own timeout; close the decode leg at once instead."""
+
+        def on_done(task: asyncio.Task[None]) -> None:
+            if not task.cancelled() and task.exception() is not None:
+                self._spawn(response.aclose())
+
+        prefill.add_done_callback(on_done)
+
     async def dispatch(self, req: ParsedRequest, pair: PDPair, headers: dict[str, str]) -> Response:
         response, prefill, rid = await self._open_decode(req, pair, headers)
+        self._close_on_prefill_failure(prefill, response)
         if req.stream:
             return StreamingResponse(
                 self._relay(req, pair, response, prefill, rid),
@@ -152,9 +178,9 @@ class PDDispatcher:
         try:
             body = await response.read()
             await prefill
-        except UpstreamError as exc:
+        except (UpstreamError, APIError) as exc:
             self.abort_both(pair, rid)
-            raise _translate(exc) from exc
+            raise _failure(exc, prefill) from exc
         finally:
             prefill.cancel()
             await response.aclose()
@@ -177,11 +203,14 @@ class PDDispatcher:
                 if out:
                     yield out
             yield usage.flush()
+            if _failed(prefill):
+                raise UpstreamError("the prefill leg failed", phase="prefill")
             finished = True
-        except UpstreamError as exc:
+        except (UpstreamError, APIError) as exc:
             # The stream already started: tell the client in-band and end it cleanly.
-            log.warning("decode stream from %s broke: %s", pair.decode.url, exc)
-            yield b"data: " + _translate(exc).json_bytes() + b"\n\n" + _DONE
+            err = _failure(exc, prefill)
+            log.warning("stream from %s broke: %s", pair.decode.url, err.message)
+            yield b"data: " + err.json_bytes() + b"\n\n" + _DONE
         finally:
             if not finished:
                 self.abort_both(pair, rid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,13 +34,12 @@ class Workers:
 
 
 def _recording(
-    role: str, port: int, boot: int, interval_ms: float = 20, tokens: int = 50
+    role: str, port: int, boot: int, interval_ms: float = 20, tokens: int = 50, fail: int = 0
 ) -> list[str]:
-    import sys
-
     return [
         sys.executable, "-m", "tests.support.recording_worker", "--role", role, "--port", str(port),
         "--bootstrap-port", str(boot), "--interval-ms", str(interval_ms), "--tokens", str(tokens),
+        "--fail-status", str(fail),
     ]  # fmt: skip
 
 
@@ -76,7 +76,6 @@ def gateway(workers: Workers, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture(scope="module")
 def router(workers: Workers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    import sys
 
     port = free_port()
     tokenizer = write_tiny_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer.json")
@@ -175,3 +174,33 @@ def test_no_healthy_worker_is_503_with_retry_after(tmp_path: Path, workers: Work
     assert r.status_code == 503
     assert r.headers["retry-after"].isdigit()
     assert r.json()["error"]["code"] == "no_healthy_worker"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_failing_prefill_fails_the_request_fast(
+    tmp_path: Path, workers: Workers, stream: bool
+) -> None:
+    p, boot, port = free_port(), free_port(), free_port()
+    with running(_recording("prefill", p, boot, fail=500), f"http://127.0.0.1:{p}/health"):
+        config = _cluster_file(tmp_path, Workers(f"http://127.0.0.1:{p}", workers.decode, boot))
+        cmd = dualpath("serve", "--config", str(config), "--port", str(port))
+        with running(cmd, f"http://127.0.0.1:{port}/ready"):
+            workers.reset()
+            started = time.monotonic()
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json={**BODY, "stream": stream},
+                timeout=10,
+            )
+            elapsed = time.monotonic() - started
+    assert elapsed < 5  # not the decode's waiting timeout
+    if r.status_code == 200:  # the decode had already started streaming: in-band error
+        assert stream
+        events = [e for e in r.text.split("\n\n") if e]
+        assert events[-1] == "data: [DONE]" and '"error"' in events[-2]
+    else:
+        assert r.status_code == 502 and "injected failure" in r.json()["error"]["message"]
+    rid = workers.recorded(workers.decode)[0]["body"]["rid"]
+    deadline = time.monotonic() + 2
+    while not any(e["path"] == "/abort_request" for e in workers.recorded(workers.decode)):
+        assert time.monotonic() < deadline, f"decode leg of {rid} was not aborted"

@@ -21,7 +21,12 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 
 def create_app(
-    role: str, model: str, tokens: int, interval_s: float, bootstrap_port: int
+    role: str,
+    model: str,
+    tokens: int,
+    interval_s: float,
+    bootstrap_port: int,
+    fail_status: int = 0,
 ) -> FastAPI:
     app = FastAPI()
     recorded: deque[dict[str, Any]] = deque(maxlen=1000)
@@ -53,6 +58,9 @@ def create_app(
         body = orjson.loads(await request.body())
         recorded.append({"path": request.url.path, "body": body})
         rid = str(body.get("rid") or "rec")
+        if fail_status:
+            error = {"object": "error", "message": "injected failure", "code": fail_status}
+            return JSONResponse(error, status_code=fail_status)
         n = 1 if role == "prefill" else tokens
         if body.get("stream"):
             return StreamingResponse(stream(rid, n), media_type="text/event-stream")
@@ -126,8 +134,11 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=8)
     p.add_argument("--interval-ms", type=float, default=1.0)
     p.add_argument("--bootstrap-port", type=int, default=8998)
+    p.add_argument("--fail-status", type=int, default=0, help="answer generation with this status")
     a = p.parse_args()
-    app = create_app(a.role, a.model, a.tokens, a.interval_ms / 1000, a.bootstrap_port)
+    app = create_app(
+        a.role, a.model, a.tokens, a.interval_ms / 1000, a.bootstrap_port, a.fail_status
+    )
     uvicorn.run(app, host="127.0.0.1", port=a.port, log_level="warning")
 
 
