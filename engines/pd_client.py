@@ -1,10 +1,12 @@
 """The upstream HTTP client: how the gateway talks to SGLang workers.
 
-httpx's API over aiohttp's connection pool (`httpx-aiohttp`), because httpx's own pool collapses
-under hundreds of concurrent streams (see shared/reference/router-bench.md). Every call has a
-timeout: connect, first byte and between chunks for inference streams; one control timeout for
-health, discovery and aborts. httpx errors are translated into `engines.errors` here and nowhere
-else.
+aiohttp's client directly. httpx's own pool collapses under hundreds of concurrent streams
+(shared/reference/router-bench.md), and even over its aiohttp transport (`httpx-aiohttp`) the
+request and response objects httpx builds cost about a quarter of the gateway's CPU per streamed
+request (py-spy, bench/gateway_overhead.py), so the hot path uses aiohttp with nothing between.
+Every call has a timeout: connect, first byte and between chunks for inference streams; one control
+timeout for health, discovery and aborts. aiohttp's errors are translated into `engines.errors`
+here and nowhere else.
 """
 
 from __future__ import annotations
@@ -15,9 +17,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
-from httpx_aiohttp import AiohttpTransport
 
 from engines.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 
@@ -41,32 +42,33 @@ class UpstreamResponse:
 
     __slots__ = ("_between_s", "_response", "url")
 
-    def __init__(self, response: httpx.Response, url: str, between_s: float) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, url: str, between_s: float) -> None:
         self._response = response
         self._between_s = between_s
         self.url = url
 
     @property
     def status(self) -> int:
-        return self._response.status_code
+        return self._response.status
 
     @property
-    def headers(self) -> httpx.Headers:
+    def headers(self) -> Mapping[str, str]:
         return self._response.headers
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives; a silence longer than `between_chunks_s` raises."""
         loop = asyncio.get_running_loop()
+        content = self._response.content
         try:
             async with asyncio.timeout(loop.time() + self._between_s) as watchdog:
-                async for chunk in self._response.aiter_raw():
+                while chunk := await content.readany():
                     watchdog.reschedule(loop.time() + self._between_s)
                     yield chunk
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"no data from {self.url} for {self._between_s}s", worker=self.url, phase="chunk"
             ) from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamError(
                 f"{self.url} broke off the response: {exc!r}", worker=self.url, phase="chunk"
             ) from exc
@@ -75,51 +77,55 @@ class UpstreamResponse:
         return b"".join([c async for c in self.chunks()])
 
     async def aclose(self) -> None:
-        with contextlib.suppress(httpx.HTTPError, OSError):
-            await self._response.aclose()
+        # Closing (not releasing) drops a half-read connection instead of reusing it.
+        if not self._response.content.at_eof():
+            self._response.close()
+        else:
+            self._response.release()
 
 
 class UpstreamClient:
-    """A pooled client for inference and control calls to workers."""
+    """A pooled client for inference and control calls to workers.
+
+    Construct it inside the running event loop (an app's lifespan), as aiohttp requires.
+    """
 
     def __init__(self, timeouts: UpstreamTimeouts, max_connections: int = 1024) -> None:
         self.timeouts = timeouts
-        limits = httpx.Limits(
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections,
-            keepalive_expiry=30.0,
+        connector = aiohttp.TCPConnector(
+            limit=max_connections, limit_per_host=0, keepalive_timeout=30.0
         )
-        self._client = httpx.AsyncClient(
-            transport=AiohttpTransport(limits=limits, trust_env=False), trust_env=False
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            trust_env=False,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
         )
-        # The read timeout bounds the wait for the response head; the body has its own watchdog.
-        self._stream_timeout = httpx.Timeout(
-            connect=timeouts.connect_s,
-            read=timeouts.first_byte_s,
-            write=timeouts.connect_s,
-            pool=timeouts.connect_s,
+        # The body has its own watchdog; sock_read would also cut a long prefill's first byte.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect_s, sock_read=None
         )
-        self._control_timeout = httpx.Timeout(timeouts.control_s, connect=timeouts.connect_s)
+        self._control_timeout = aiohttp.ClientTimeout(
+            total=timeouts.control_s, sock_connect=timeouts.connect_s
+        )
 
     async def open(
         self, url: str, body: bytes, headers: Mapping[str, str] | None = None
     ) -> UpstreamResponse:
         """POST `body` (JSON) to `url` and return once the response head has arrived."""
-        request = self._client.build_request(
-            "POST",
-            url,
-            content=body,
-            headers={"content-type": "application/json", **(headers or {})},
-            timeout=self._stream_timeout,
-        )
+        send_headers = {"Content-Type": "application/json", **(headers or {})}
         try:
             async with asyncio.timeout(self.timeouts.first_byte_s):
-                response = await self._client.send(request, stream=True)
-        except (TimeoutError, httpx.TimeoutException) as exc:
+                response = await self._session.post(
+                    url, data=body, headers=send_headers, timeout=self._stream_timeout
+                )
+        except TimeoutError as exc:
             raise UpstreamTimeout(
-                f"no response head from {url} in time: {exc!r}", worker=url, phase="first_byte"
+                f"no response head from {url} in {self.timeouts.first_byte_s}s",
+                worker=url,
+                phase="first_byte",
             ) from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamError(
                 f"cannot reach {url}: {exc!r}", worker=url, phase="connect"
             ) from exc
@@ -129,33 +135,32 @@ class UpstreamClient:
         self, method: str, url: str, payload: Any = None, *, timeout_s: float | None = None
     ) -> Any:
         """A control call: JSON in, JSON out (None for an empty body); non-2xx raises."""
-        timeout = self._control_timeout if timeout_s is None else httpx.Timeout(timeout_s)
+        timeout = (
+            self._control_timeout if timeout_s is None else aiohttp.ClientTimeout(total=timeout_s)
+        )
         content = None if payload is None else orjson.dumps(payload)
+        headers = {"Content-Type": "application/json"} if content else None
         try:
-            response = await self._client.request(
-                method,
-                url,
-                content=content,
-                headers={"content-type": "application/json"} if content else None,
-                timeout=timeout,
-            )
-        except httpx.TimeoutException as exc:
+            async with self._session.request(
+                method, url, data=content, headers=headers, timeout=timeout
+            ) as response:
+                body = await response.read()
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"{method} {url} timed out", worker=url, phase="control") from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise UpstreamError(f"{method} {url} failed: {exc!r}", worker=url) from exc
-        if not response.is_success:
+        if not 200 <= response.status < 300:
             raise UpstreamStatusError(
-                f"{method} {url} answered {response.status_code}",
-                status=response.status_code,
-                body=response.content,
+                f"{method} {url} answered {response.status}",
+                status=response.status,
+                body=body,
                 worker=url,
             )
-        if not response.content:
+        if not body:
             return None
-        try:
-            return orjson.loads(response.content)
-        except orjson.JSONDecodeError:
-            return None
+        with contextlib.suppress(orjson.JSONDecodeError):
+            return orjson.loads(body)
+        return None
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._session.close()

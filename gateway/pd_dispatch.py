@@ -20,12 +20,13 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import orjson
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from engines.errors import UpstreamError, UpstreamTimeout
 from engines.pd_client import UpstreamClient, UpstreamResponse
 from gateway.errors import APIError, InvalidRequest, UpstreamFailed, UpstreamTimedOut
 from gateway.placement import PDPair
+from gateway.relay_response import RelayResponse
 from gateway.request_parsing import ParsedRequest
 from gateway.usage import SSEUsageFilter, patch_response_usage
 
@@ -170,11 +171,7 @@ class PDDispatcher:
         response, prefill, rid = await self._open_decode(req, pair, headers)
         self._close_on_prefill_failure(prefill, response)
         if req.stream:
-            return StreamingResponse(
-                self._relay(req, pair, response, prefill, rid),
-                media_type="text/event-stream",
-                headers=_SSE_HEADERS,
-            )
+            return RelayResponse(self._relay(req, pair, response, prefill, rid), _SSE_HEADERS)
         try:
             body = await response.read()
             await prefill

@@ -1,0 +1,1 @@
+"""Pieces of bench/gateway_overhead.py: client, systems under test, report."""
