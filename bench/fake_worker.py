@@ -46,56 +46,104 @@ class Canned:
         self._ids = itertools.count(1)
 
     def _info(self, bootstrap_port: int) -> dict[str, bytes]:
-        server_info = orjson.dumps({
-            "model_path": self.model,
-            "served_model_name": self.model,
-            "tokenizer_path": self.model,
-            "tp_size": 1, "dp_size": 1, "page_size": 64,
-            "disaggregation_mode": self.role,
-            "disaggregation_transfer_backend": "fake",
-            "disaggregation_bootstrap_port": bootstrap_port,
-            "max_total_num_tokens": 512000, "max_req_input_len": 32760,
-            "internal_states": [{"last_gen_throughput": 0.0}],
-            "version": "fake-0",
-        })
-        model_info = orjson.dumps({
-            "model_path": self.model, "tokenizer_path": self.model, "is_generation": True,
-            "preferred_sampling_params": None, "weight_version": "default",
-        })
-        models = orjson.dumps({"object": "list", "data": [{
-            "id": self.model, "object": "model", "created": self.created,
-            "owned_by": "sglang", "root": self.model, "parent": None, "max_model_len": 32768,
-        }]})
-        get_load = orjson.dumps([{"dp_rank": 0, "num_reqs": 0, "num_waiting_reqs": 0,
-                                  "num_tokens": 0}])
-        loads = orjson.dumps({"version": "fake-0", "loads": [{
-            "dp_rank": 0, "num_running_reqs": 0, "num_waiting_reqs": 0, "num_used_tokens": 0,
-            "max_total_num_tokens": 512000, "token_usage": 0.0,
-        }]})
+        server_info = orjson.dumps(
+            {
+                "model_path": self.model,
+                "served_model_name": self.model,
+                "tokenizer_path": self.model,
+                "tp_size": 1,
+                "dp_size": 1,
+                "page_size": 64,
+                "disaggregation_mode": self.role,
+                "disaggregation_transfer_backend": "fake",
+                "disaggregation_bootstrap_port": bootstrap_port,
+                "max_total_num_tokens": 512000,
+                "max_req_input_len": 32760,
+                "internal_states": [{"last_gen_throughput": 0.0}],
+                "version": "fake-0",
+            }
+        )
+        model_info = orjson.dumps(
+            {
+                "model_path": self.model,
+                "tokenizer_path": self.model,
+                "is_generation": True,
+                "preferred_sampling_params": None,
+                "weight_version": "default",
+            }
+        )
+        models = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {
+                        "id": self.model,
+                        "object": "model",
+                        "created": self.created,
+                        "owned_by": "sglang",
+                        "root": self.model,
+                        "parent": None,
+                        "max_model_len": 32768,
+                    }
+                ],
+            }
+        )
+        get_load = orjson.dumps(
+            [{"dp_rank": 0, "num_reqs": 0, "num_waiting_reqs": 0, "num_tokens": 0}]
+        )
+        loads = orjson.dumps(
+            {
+                "version": "fake-0",
+                "loads": [
+                    {
+                        "dp_rank": 0,
+                        "num_running_reqs": 0,
+                        "num_waiting_reqs": 0,
+                        "num_used_tokens": 0,
+                        "max_total_num_tokens": 512000,
+                        "token_usage": 0.0,
+                    }
+                ],
+            }
+        )
         return {
-            "/server_info": server_info, "/get_server_info": server_info,
-            "/model_info": model_info, "/get_model_info": model_info,
-            "/v1/models": models, "/get_load": get_load, "/v1/loads": loads,
+            "/server_info": server_info,
+            "/get_server_info": server_info,
+            "/model_info": model_info,
+            "/get_model_info": model_info,
+            "/v1/models": models,
+            "/get_load": get_load,
+            "/v1/loads": loads,
         }
 
     def _chunk_prefix(self) -> bytes:
         rid = f"fake-{os.getpid()}-{next(self._ids)}"
-        return (f'{{"id":"{rid}","object":"chat.completion.chunk","created":{self.created},'
-                f'"model":"{self.model}","choices":').encode()
+        return (
+            f'{{"id":"{rid}","object":"chat.completion.chunk","created":{self.created},'
+            f'"model":"{self.model}","choices":'
+        ).encode()
 
     def stream_events(self, include_usage: bool) -> list[bytes]:
         """The SSE events of one streamed answer, each already framed as an HTTP chunk."""
         head = self._chunk_prefix()
         finish = b'"length"' if self.role == "prefill" else b'"stop"'
-        events = [head + b'[{"index":0,"delta":{"role":"assistant","content":""},'
-                         b'"logprobs":null,"finish_reason":null}]}']
-        events += [head + b'[{"index":0,"delta":{"content":"tok%d "},"logprobs":null,'
-                          b'"finish_reason":null}]}' % i for i in range(self.tokens)]
-        events.append(head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":'
-                      + finish + b'}]}')
+        events = [
+            head + b'[{"index":0,"delta":{"role":"assistant","content":""},'
+            b'"logprobs":null,"finish_reason":null}]}'
+        ]
+        events += [
+            head + b'[{"index":0,"delta":{"content":"tok%d "},"logprobs":null,'
+            b'"finish_reason":null}]}' % i
+            for i in range(self.tokens)
+        ]
+        events.append(
+            head + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":' + finish + b"}]}"
+        )
         if include_usage:
-            events.append(head + b'[],"usage":{"prompt_tokens":8,"completion_tokens":%d,'
-                          b'"total_tokens":%d}}' % (self.tokens, self.tokens + 8))
+            events.append(
+                head + b'[],"usage":{"prompt_tokens":8,"completion_tokens":%d,'
+                b'"total_tokens":%d}}' % (self.tokens, self.tokens + 8)
+            )
         framed = [_chunk(b"data: " + e + b"\n\n") for e in events]
         framed.append(_chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         return framed
@@ -104,13 +152,27 @@ class Canned:
         rid = f"fake-{os.getpid()}-{next(self._ids)}"
         finish = "length" if self.role == "prefill" else "stop"
         content = "".join(f"tok{i} " for i in range(self.tokens))
-        return orjson.dumps({
-            "id": rid, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": None, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 8, "completion_tokens": self.tokens,
-                      "total_tokens": self.tokens + 8},
-        })
+        return orjson.dumps(
+            {
+                "id": rid,
+                "object": "chat.completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "logprobs": None,
+                        "finish_reason": finish,
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": 8,
+                    "completion_tokens": self.tokens,
+                    "total_tokens": self.tokens + 8,
+                },
+            }
+        )
 
 
 def _chunk(payload: bytes) -> bytes:
@@ -120,8 +182,13 @@ def _chunk(payload: bytes) -> bytes:
 def _head(status: int, content_type: bytes, length: int | None, keep_alive: bool) -> bytes:
     framing = b"Transfer-Encoding: chunked" if length is None else b"Content-Length: %d" % length
     conn = b"keep-alive" if keep_alive else b"close"
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s\r\nConnection: %s\r\n\r\n"
-            % (status, _REASONS.get(status, b"OK"), content_type, framing, conn))
+    return b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\n%s\r\nConnection: %s\r\n\r\n" % (
+        status,
+        _REASONS.get(status, b"OK"),
+        content_type,
+        framing,
+        conn,
+    )
 
 
 class WorkerProtocol(asyncio.Protocol):
@@ -210,12 +277,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--model", default="fake-model", help="served_model_name")
-    p.add_argument("--tokens", type=int, default=16,
-                   help="content delta events per decode stream (default 16)")
-    p.add_argument("--bootstrap-port", type=int, default=8998,
-                   help="reported as disaggregation_bootstrap_port (nothing listens there)")
-    p.add_argument("--coalesce", action="store_true",
-                   help="write a whole stream in one send instead of one send per event")
+    p.add_argument(
+        "--tokens", type=int, default=16, help="content delta events per decode stream (default 16)"
+    )
+    p.add_argument(
+        "--bootstrap-port",
+        type=int,
+        default=8998,
+        help="reported as disaggregation_bootstrap_port (nothing listens there)",
+    )
+    p.add_argument(
+        "--coalesce",
+        action="store_true",
+        help="write a whole stream in one send instead of one send per event",
+    )
     return p.parse_args(argv)
 
 
@@ -223,8 +298,9 @@ async def serve(args: argparse.Namespace) -> None:
     canned = Canned(args.role, args.model, args.tokens, args.bootstrap_port)
     loop = asyncio.get_running_loop()
     factory: Callable[[], WorkerProtocol] = lambda: WorkerProtocol(canned, args.coalesce)  # noqa: E731
-    server = await loop.create_server(factory, args.host, args.port, backlog=4096,
-                                      reuse_address=True, family=socket.AF_INET)
+    server = await loop.create_server(
+        factory, args.host, args.port, backlog=4096, reuse_address=True, family=socket.AF_INET
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

@@ -34,26 +34,47 @@ def _csv(kind: type) -> object:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--out", type=Path, default=Path("gateway_overhead.json"), help="JSON file")
-    p.add_argument("--targets", type=_csv(str), default=list(SYSTEMS),
-                   help="systems under test, comma-separated: direct,router,gateway")
+    p.add_argument(
+        "--targets",
+        type=_csv(str),
+        default=list(SYSTEMS),
+        help="systems under test, comma-separated: direct,router,gateway",
+    )
     p.add_argument("--clients", type=_csv(str), default=list(CLIENTS), help="plain,quickack")
-    p.add_argument("--concurrency", type=_csv(int), default=None,
-                   help="concurrent streams (default 1,64,512; with --quick 1,64)")
-    p.add_argument("--duration", type=float, default=None,
-                   help="measured seconds per point (default 8; with --quick 2)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="unmeasured seconds of load before each point (default 1; --quick 0.5)")
+    p.add_argument(
+        "--concurrency",
+        type=_csv(int),
+        default=None,
+        help="concurrent streams (default 1,64,512; with --quick 1,64)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="measured seconds per point (default 8; with --quick 2)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="unmeasured seconds of load before each point (default 1; --quick 0.5)",
+    )
     p.add_argument("--repeats", type=int, default=1, help="runs per point; medians are reported")
     p.add_argument("--quick", action="store_true", help="short points, concurrency 1,64 only")
     p.add_argument("--tokens", type=int, default=16, help="content events per decode stream")
-    p.add_argument("--coalesce", action="store_true",
-                   help="fake workers send a whole stream in one write (default: one per event)")
+    p.add_argument(
+        "--coalesce",
+        action="store_true",
+        help="fake workers send a whole stream in one write (default: one per event)",
+    )
     p.add_argument("--client-cpu", type=int, default=None, help="CPU for the client process")
-    p.add_argument("--sut-cpus", type=_csv(int), default=None,
-                   help="CPUs for the SUT and the fake workers")
+    p.add_argument(
+        "--sut-cpus", type=_csv(int), default=None, help="CPUs for the SUT and the fake workers"
+    )
     p.add_argument("--no-pin", action="store_true", help="let the OS schedule everything")
     p.add_argument("--ready-timeout", type=float, default=60.0, help="seconds to become ready")
     p.add_argument("--logdir", type=Path, default=None, help="process logs (default: a tmp dir)")
@@ -122,8 +143,15 @@ def run_all(args: argparse.Namespace, live: dict[str, targets.Target]) -> list[r
                         continue
                     spec = runner.PointSpec(name, client, conc, repeat)
                     result = runner.run_point(spec, target, timing)
-                    records.append({"system": name, "client": client, "concurrency": conc,
-                                    "repeat": repeat, **result})
+                    records.append(
+                        {
+                            "system": name,
+                            "client": client,
+                            "concurrency": conc,
+                            "repeat": repeat,
+                            **result,
+                        }
+                    )
                     _log(_progress(records[-1]))
     return records
 
@@ -132,12 +160,19 @@ def _progress(r: report.Record) -> str:
     head = f"  {r['system']:<8} {r['client']:<8} C={r['concurrency']:<4} #{r['repeat']}"
     if "error" in r:
         return f"{head} ERROR {str(r['error'])[:200]}"
-    return (f"{head} {r['rps']:9.0f} req/s  e2e p50 {r['e2e_p50_ms'] or 0:8.3f} ms  "
-            f"cpu/req {r['sut_cpu_ms_per_req'] or 0:.3f} ms")
+    return (
+        f"{head} {r['rps']:9.0f} req/s  e2e p50 {r['e2e_p50_ms'] or 0:8.3f} ms  "
+        f"cpu/req {r['sut_cpu_ms_per_req'] or 0:.3f} ms"
+    )
 
 
-def build_report(args: argparse.Namespace, argv: list[str], live: dict[str, targets.Target],
-                 records: list[report.Record], started_at: str) -> report.Record:
+def build_report(
+    args: argparse.Namespace,
+    argv: list[str],
+    live: dict[str, targets.Target],
+    records: list[report.Record],
+    started_at: str,
+) -> report.Record:
     agg = report.aggregate(records)
     skipped = {n: t.skipped for n, t in live.items() if t.skipped}
     return {
@@ -147,12 +182,18 @@ def build_report(args: argparse.Namespace, argv: list[str], live: dict[str, targ
         "finished_at": _now(),
         "machine": machine.describe(targets.REPO),
         "config": {
-            "systems": args.targets, "clients": args.clients, "concurrency": args.concurrency,
-            "duration_s": args.duration, "warmup_s": args.warmup, "repeats": args.repeats,
+            "systems": args.targets,
+            "clients": args.clients,
+            "concurrency": args.concurrency,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "repeats": args.repeats,
             "tokens_per_stream": args.tokens,
             "worker_writes": "one per stream" if args.coalesce else "one per SSE event",
             "request_body": json.loads(runner.REQUEST_BODY),
-            "client_cpu": args.client_cpu, "sut_cpus": args.sut_cpus, "pinning": args.pinning,
+            "client_cpu": args.client_cpu,
+            "sut_cpus": args.sut_cpus,
+            "pinning": args.pinning,
             "logdir": str(args.logdir),
         },
         "systems": {n: {"command": t.command, "skipped": t.skipped} for n, t in live.items()},

@@ -113,7 +113,7 @@ class StreamConn(asyncio.Protocol):
             window = self.tail + body
             if _DONE in window:
                 self.t_done = self.now
-            self.tail = window[-len(_DONE):]
+            self.tail = window[-len(_DONE) :]
 
     def on_message_complete(self) -> None:
         self.busy = False
@@ -151,20 +151,30 @@ def proc_cpu_seconds(pids: list[int]) -> float:
 
 
 def build_request(host: str, port: int, path: str, body: bytes) -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-            f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
-async def open_conns(args: argparse.Namespace, request: bytes, stats: Stats,
-                     run: Run) -> list[StreamConn]:
+async def open_conns(
+    args: argparse.Namespace, request: bytes, stats: Stats, run: Run
+) -> list[StreamConn]:
     loop = asyncio.get_running_loop()
     conns: list[StreamConn] = []
     # Batches keep the accept queue of a slow server from overflowing at C=512.
     for start in range(0, args.concurrency, 128):
         n = min(128, args.concurrency - start)
-        made = await asyncio.gather(*(
-            loop.create_connection(lambda: StreamConn(request, args.mode == "quickack", stats, run),
-                                   args.host, args.port) for _ in range(n)))
+        made = await asyncio.gather(
+            *(
+                loop.create_connection(
+                    lambda: StreamConn(request, args.mode == "quickack", stats, run),
+                    args.host,
+                    args.port,
+                )
+                for _ in range(n)
+            )
+        )
         conns += [proto for _, proto in made]
     return conns
 

@@ -9,8 +9,20 @@ import platform
 import subprocess
 from pathlib import Path
 
-PACKAGES = ("dualpath-gateway", "sglang-router", "uvloop", "httptools", "orjson", "fastapi",
-            "uvicorn", "starlette", "aiohttp", "httpx", "pydantic", "rich")
+PACKAGES = (
+    "dualpath-gateway",
+    "sglang-router",
+    "uvloop",
+    "httptools",
+    "orjson",
+    "fastapi",
+    "uvicorn",
+    "starlette",
+    "aiohttp",
+    "httpx",
+    "pydantic",
+    "rich",
+)
 
 
 def cpu_model() -> str:
@@ -33,8 +45,13 @@ def package_versions() -> dict[str, str | None]:
 
 def git_commit(repo: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=False)
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None

@@ -15,8 +15,16 @@ Record = dict[str, object]
 Key = tuple[str, int, str]  # client, concurrency, system
 
 _MEDIAN_FIELDS = (
-    "rps", "ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms", "e2e_mean_ms",
-    "sut_cpu_cores", "sut_cpu_ms_per_req", "workers_cpu_ms_per_req", "client_cpu_cores",
+    "rps",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "e2e_mean_ms",
+    "sut_cpu_cores",
+    "sut_cpu_ms_per_req",
+    "workers_cpu_ms_per_req",
+    "client_cpu_cores",
     "sut_peak_rss_mb",
 )
 
@@ -36,8 +44,13 @@ def aggregate(runs: list[Record]) -> dict[Key, Record]:
         groups.setdefault(key, []).append(r)
     out: dict[Key, Record] = {}
     for (client, conc, system), rs in groups.items():
-        agg: Record = {"client": client, "concurrency": conc, "system": system,
-                       "repeats": len(rs), "completed": sum(int(r["completed"]) for r in rs)}  # type: ignore[call-overload]
+        agg: Record = {
+            "client": client,
+            "concurrency": conc,
+            "system": system,
+            "repeats": len(rs),
+            "completed": sum(int(r["completed"]) for r in rs),
+        }  # type: ignore[call-overload]
         for f in _MEDIAN_FIELDS:
             agg[f] = _median(r.get(f) for r in rs)
         rps = [float(r["rps"]) for r in rs]  # type: ignore[arg-type]
@@ -66,14 +79,22 @@ def compare(agg: dict[Key, Record]) -> list[Record]:
             # direct is the floor, so it is compared with nothing; nothing is compared with itself
             if base is None or system in (base_name, "direct"):
                 continue
-            rows.append({
-                "client": client, "concurrency": conc, "system": system, "baseline": base_name,
-                **{f"added_{m}": _diff(r[m], base[m])
-                   for m in ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms")},
-                "rps_ratio": _ratio(r["rps"], base["rps"]),
-                "sut_cpu_ms_per_req_ratio": _ratio(r["sut_cpu_ms_per_req"],
-                                                   base["sut_cpu_ms_per_req"]),
-            })
+            rows.append(
+                {
+                    "client": client,
+                    "concurrency": conc,
+                    "system": system,
+                    "baseline": base_name,
+                    **{
+                        f"added_{m}": _diff(r[m], base[m])
+                        for m in ("ttft_p50_ms", "ttft_p99_ms", "e2e_p50_ms", "e2e_p99_ms")
+                    },
+                    "rps_ratio": _ratio(r["rps"], base["rps"]),
+                    "sut_cpu_ms_per_req_ratio": _ratio(
+                        r["sut_cpu_ms_per_req"], base["sut_cpu_ms_per_req"]
+                    ),
+                }
+            )
     return rows
 
 
@@ -91,14 +112,42 @@ class Goal:
 
 
 GOALS = (
-    Goal("added_e2e_p50_at_1_stream", "added E2E p50 vs direct at 1 stream (quick-ACK client)",
-         "quickack", 1, 0.4, "ms", higher_is_better=False),
-    Goal("cpu_per_streamed_pd_request", "SUT CPU per streamed PD request at 64 streams",
-         "quickack", 64, 0.5, "ms", higher_is_better=False),
-    Goal("rps_vs_router_at_512_streams", "requests/s as a fraction of sglang-router's, 512 streams",
-         "quickack", 512, 0.5, "x router", higher_is_better=True),
-    Goal("first_token_plain_client_vs_direct", "added TTFT p50 vs direct, ordinary keep-alive "
-         "client, 1 stream", "plain", 1, 1.0, "ms", higher_is_better=False),
+    Goal(
+        "added_e2e_p50_at_1_stream",
+        "added E2E p50 vs direct at 1 stream (quick-ACK client)",
+        "quickack",
+        1,
+        0.4,
+        "ms",
+        higher_is_better=False,
+    ),
+    Goal(
+        "cpu_per_streamed_pd_request",
+        "SUT CPU per streamed PD request at 64 streams",
+        "quickack",
+        64,
+        0.5,
+        "ms",
+        higher_is_better=False,
+    ),
+    Goal(
+        "rps_vs_router_at_512_streams",
+        "requests/s as a fraction of sglang-router's, 512 streams",
+        "quickack",
+        512,
+        0.5,
+        "x router",
+        higher_is_better=True,
+    ),
+    Goal(
+        "first_token_plain_client_vs_direct",
+        "added TTFT p50 vs direct, ordinary keep-alive client, 1 stream",
+        "plain",
+        1,
+        1.0,
+        "ms",
+        higher_is_better=False,
+    ),
 )
 
 
@@ -123,17 +172,32 @@ def evaluate(agg: dict[Key, Record], skipped: dict[str, str]) -> list[Record]:
     out: list[Record] = []
     for g in GOALS:
         value = goal_value(g, agg, "gateway")
-        passed = None if value is None else (
-            value >= g.threshold if g.higher_is_better else value <= g.threshold)
+        passed = (
+            None
+            if value is None
+            else (value >= g.threshold if g.higher_is_better else value <= g.threshold)
+        )
         note = None
         if value is None:
-            note = ("gateway skipped: " + skipped["gateway"][:200] if "gateway" in skipped
-                    else f"not measured ({g.client} client, {g.concurrency} streams, "
-                         "gateway/direct/router needed)")
-        out.append({
-            "name": g.name, "description": g.description, "client": g.client,
-            "concurrency": g.concurrency, "threshold": g.threshold, "unit": g.unit,
-            "comparison": ">=" if g.higher_is_better else "<=", "gateway_value": value,
-            "router_value": goal_value(g, agg, "router"), "passed": passed, "note": note,
-        })
+            note = (
+                "gateway skipped: " + skipped["gateway"][:200]
+                if "gateway" in skipped
+                else f"not measured ({g.client} client, {g.concurrency} streams, "
+                "gateway/direct/router needed)"
+            )
+        out.append(
+            {
+                "name": g.name,
+                "description": g.description,
+                "client": g.client,
+                "concurrency": g.concurrency,
+                "threshold": g.threshold,
+                "unit": g.unit,
+                "comparison": ">=" if g.higher_is_better else "<=",
+                "gateway_value": value,
+                "router_value": goal_value(g, agg, "router"),
+                "passed": passed,
+                "note": note,
+            }
+        )
     return out

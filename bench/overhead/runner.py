@@ -15,13 +15,16 @@ from .targets import Target, peak_rss_mb
 CLIENT = Path(__file__).resolve().parent / "client.py"
 
 # A streamed chat turn with usage, as an agent framework sends it.
-REQUEST_BODY = json.dumps({
-    "model": "fake-model",
-    "messages": [{"role": "user", "content": "Say hello."}],
-    "max_tokens": 16,
-    "stream": True,
-    "stream_options": {"include_usage": True},
-}, separators=(",", ":"))
+REQUEST_BODY = json.dumps(
+    {
+        "model": "fake-model",
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 16,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    },
+    separators=(",", ":"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +81,26 @@ def summarise(raw: dict[str, object], target: Target) -> dict[str, object]:
 
 
 def client_command(spec: PointSpec, target: Target, timing: Timing) -> list[str]:
-    cmd = [sys.executable, str(CLIENT), "--port", str(target.port), "--body", REQUEST_BODY,
-           "--concurrency", str(spec.concurrency), "--mode", spec.client,
-           "--duration", str(timing.duration), "--warmup", str(timing.warmup),
-           "--sut-pids", ",".join(map(str, target.sut_pids())),
-           "--worker-pids", ",".join(map(str, target.worker_pids()))]
+    cmd = [
+        sys.executable,
+        str(CLIENT),
+        "--port",
+        str(target.port),
+        "--body",
+        REQUEST_BODY,
+        "--concurrency",
+        str(spec.concurrency),
+        "--mode",
+        spec.client,
+        "--duration",
+        str(timing.duration),
+        "--warmup",
+        str(timing.warmup),
+        "--sut-pids",
+        ",".join(map(str, target.sut_pids())),
+        "--worker-pids",
+        ",".join(map(str, target.worker_pids())),
+    ]
     if timing.client_cpu is not None:
         cmd += ["--cpu", str(timing.client_cpu)]
     return cmd
@@ -92,8 +110,9 @@ def run_point(spec: PointSpec, target: Target, timing: Timing) -> dict[str, obje
     """Run the client once; a failed client becomes an ``error`` entry, not an exception."""
     limit = timing.warmup + timing.duration + 60
     try:
-        proc = subprocess.run(client_command(spec, target, timing), capture_output=True,
-                              timeout=limit, check=False)
+        proc = subprocess.run(
+            client_command(spec, target, timing), capture_output=True, timeout=limit, check=False
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"client did not finish within {limit:.0f}s"}
     if proc.returncode != 0:

@@ -21,23 +21,42 @@ def _signed(value: object) -> str:
 
 
 def results_table(results: list[Record], comparisons: list[Record]) -> Table:
-    added = {(c["client"], c["concurrency"], c["system"]): c
-             for c in comparisons if c["baseline"] == "direct"}
+    added = {
+        (c["client"], c["concurrency"], c["system"]): c
+        for c in comparisons
+        if c["baseline"] == "direct"
+    }
     t = Table(title="Streaming chat through each system (medians over repeats)")
-    for col in ("client", "C", "system", "req/s (min..max)", "TTFT p50 / p99 ms",
-                "E2E p50 / p99 ms", "added E2E p50 / p99", "SUT cores", "SUT CPU ms/req",
-                "workers ms/req", "RSS MB", "errors"):
+    for col in (
+        "client",
+        "C",
+        "system",
+        "req/s (min..max)",
+        "TTFT p50 / p99 ms",
+        "E2E p50 / p99 ms",
+        "added E2E p50 / p99",
+        "SUT cores",
+        "SUT CPU ms/req",
+        "workers ms/req",
+        "RSS MB",
+        "errors",
+    ):
         t.add_column(col, justify="left" if col in ("client", "system") else "right")
     for r in results:
         a = added.get((r["client"], r["concurrency"], r["system"]), {})
         t.add_row(
-            str(r["client"]), str(r["concurrency"]), str(r["system"]),
+            str(r["client"]),
+            str(r["concurrency"]),
+            str(r["system"]),
             f"{_f(r['rps'])} ({_f(r['rps_min'])}..{_f(r['rps_max'])})",
             f"{_f(r['ttft_p50_ms'])} / {_f(r['ttft_p99_ms'])}",
             f"{_f(r['e2e_p50_ms'])} / {_f(r['e2e_p99_ms'])}",
             f"{_signed(a.get('added_e2e_p50_ms'))} / {_signed(a.get('added_e2e_p99_ms'))}",
-            _f(r["sut_cpu_cores"], 2), _f(r["sut_cpu_ms_per_req"]),
-            _f(r["workers_cpu_ms_per_req"]), _f(r["sut_peak_rss_mb"], 0), str(r["errors"]),
+            _f(r["sut_cpu_cores"], 2),
+            _f(r["sut_cpu_ms_per_req"]),
+            _f(r["workers_cpu_ms_per_req"]),
+            _f(r["sut_peak_rss_mb"], 0),
+            str(r["errors"]),
         )
     return t
 
@@ -48,9 +67,14 @@ def ratio_table(comparisons: list[Record]) -> Table:
         t.add_column(col, justify="left" if col == "client" else "right")
     for c in comparisons:
         if c["baseline"] == "router" and c["system"] == "gateway":
-            t.add_row(str(c["client"]), str(c["concurrency"]), _f(c["rps_ratio"]),
-                      _f(c["sut_cpu_ms_per_req_ratio"]), _signed(c["added_ttft_p50_ms"]),
-                      _signed(c["added_e2e_p50_ms"]))
+            t.add_row(
+                str(c["client"]),
+                str(c["concurrency"]),
+                _f(c["rps_ratio"]),
+                _f(c["sut_cpu_ms_per_req_ratio"]),
+                _signed(c["added_ttft_p50_ms"]),
+                _signed(c["added_e2e_p50_ms"]),
+            )
     return t
 
 
@@ -60,11 +84,20 @@ def targets_table(targets: list[Record]) -> Table:
         t.add_column(col, justify="left" if col in ("target", "client", "result") else "right")
     for g in targets:
         passed = g["passed"]
-        result = ("[green]met[/]" if passed else "[red]not met[/]") if passed is not None \
+        result = (
+            ("[green]met[/]" if passed else "[red]not met[/]")
+            if passed is not None
             else f"[yellow]n/a[/] {str(g['note'] or '')[:60]}"
-        t.add_row(str(g["name"]), str(g["client"]), str(g["concurrency"]),
-                  f"{g['comparison']} {g['threshold']} {g['unit']}", _f(g["gateway_value"]),
-                  _f(g["router_value"]), result)
+        )
+        t.add_row(
+            str(g["name"]),
+            str(g["client"]),
+            str(g["concurrency"]),
+            f"{g['comparison']} {g['threshold']} {g['unit']}",
+            _f(g["gateway_value"]),
+            _f(g["router_value"]),
+            result,
+        )
     return t
 
 

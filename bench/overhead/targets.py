@@ -47,7 +47,11 @@ def _child_setup(cpus: set[int] | None) -> None:
 def spawn(cmd: list[str], cpus: set[int] | None, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as out:
         return subprocess.Popen(
-            cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            cmd,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             # The parent starts no threads, so a preexec hook is safe here.
             preexec_fn=lambda: _child_setup(cpus),
@@ -143,8 +147,20 @@ def start_workers(cpus: set[int] | None, logdir: Path, tokens: int, coalesce: bo
     boot = free_port()
     procs = {}
     for role, port in ports.items():
-        cmd = [sys.executable, str(BENCH / "fake_worker.py"), "--role", role, "--port", str(port),
-               "--model", MODEL, "--tokens", str(tokens), "--bootstrap-port", str(boot)]
+        cmd = [
+            sys.executable,
+            str(BENCH / "fake_worker.py"),
+            "--role",
+            role,
+            "--port",
+            str(port),
+            "--model",
+            MODEL,
+            "--tokens",
+            str(tokens),
+            "--bootstrap-port",
+            str(boot),
+        ]
         if coalesce:
             cmd.append("--coalesce")
         procs[role] = spawn(cmd, cpus, logdir / f"fake-{role}.log")
@@ -154,16 +170,32 @@ def start_workers(cpus: set[int] | None, logdir: Path, tokens: int, coalesce: bo
 
 
 def direct(w: Workers) -> Target:
-    return Target("direct", w.decode_port, sut=w.decode, workers=[w.decode],
-                  command=["(fake decode worker)"])
+    return Target(
+        "direct", w.decode_port, sut=w.decode, workers=[w.decode], command=["(fake decode worker)"]
+    )
 
 
 def router(w: Workers, cpus: set[int] | None, logdir: Path, timeout: float) -> Target:
     port = free_port()
-    cmd = [sys.executable, "-m", "sglang_router.launch_router", "--pd-disaggregation",
-           "--prefill", f"http://127.0.0.1:{w.prefill_port}", str(w.bootstrap_port),
-           "--decode", f"http://127.0.0.1:{w.decode_port}", "--host", "127.0.0.1",
-           "--port", str(port), "--log-level", "warn", "--prometheus-port", str(free_port())]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sglang_router.launch_router",
+        "--pd-disaggregation",
+        "--prefill",
+        f"http://127.0.0.1:{w.prefill_port}",
+        str(w.bootstrap_port),
+        "--decode",
+        f"http://127.0.0.1:{w.decode_port}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warn",
+        "--prometheus-port",
+        str(free_port()),
+    ]
     return _start("router", cmd, port, "/readiness", w, cpus, logdir, timeout)
 
 
@@ -171,8 +203,9 @@ def gateway(w: Workers, cpus: set[int] | None, logdir: Path, timeout: float) -> 
     exe = BIN / "dualpath"
     if not exe.exists():
         return Target("gateway", skipped=f"{exe} not found (package not installed yet?)")
-    probe = subprocess.run([str(exe), "serve", "--help"], capture_output=True, timeout=60,
-                           cwd=REPO, check=False)
+    probe = subprocess.run(
+        [str(exe), "serve", "--help"], capture_output=True, timeout=60, cwd=REPO, check=False
+    )
     if probe.returncode != 0:
         tail = (probe.stderr or probe.stdout).decode(errors="replace")[-400:]
         return Target("gateway", skipped=f"`dualpath serve --help` failed: {tail}")
@@ -181,14 +214,23 @@ def gateway(w: Workers, cpus: set[int] | None, logdir: Path, timeout: float) -> 
         "workers:\n"
         f'  - {{url: "http://127.0.0.1:{w.prefill_port}", role: prefill, '
         f"bootstrap_port: {w.bootstrap_port}}}\n"
-        f'  - {{url: "http://127.0.0.1:{w.decode_port}", role: decode}}\n')
+        f'  - {{url: "http://127.0.0.1:{w.decode_port}", role: decode}}\n'
+    )
     port = free_port()
     cmd = [str(exe), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
     return _start("gateway", cmd, port, "/ready", w, cpus, logdir, timeout)
 
 
-def _start(name: str, cmd: list[str], port: int, ready: str, w: Workers,
-           cpus: set[int] | None, logdir: Path, timeout: float) -> Target:
+def _start(
+    name: str,
+    cmd: list[str],
+    port: int,
+    ready: str,
+    w: Workers,
+    cpus: set[int] | None,
+    logdir: Path,
+    timeout: float,
+) -> Target:
     log = logdir / f"{name}.log"
     proc = spawn(cmd, cpus, log)
     try:
