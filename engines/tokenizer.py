@@ -54,7 +54,10 @@ class WordPieceTokenizer:
 
     def __init__(self) -> None:
         self._id_of = {piece: i for i, piece in enumerate(_VOCAB_PIECES)}
-        self._output = tuple(range(len(_VOCAB_PIECES)))
+        # Generated text reads as words: space-led pieces and sentence punctuation only.
+        self._output = tuple(
+            i for i, piece in enumerate(_VOCAB_PIECES) if piece[0] == " " or piece in ".,"
+        )
 
     def encode(self, text: str) -> list[int]:
         id_of = self._id_of
