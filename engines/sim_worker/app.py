@@ -181,7 +181,8 @@ def create_app(config: SimWorkerConfig) -> FastAPI:
     @app.get("/v1/models/{model:path}")
     async def one_model(request: Request, model: str) -> Response:
         if model != config.served_model_name:
-            raise SimWorkerError(f"model {model!r} not found")
+            message = f"The model `{model}` does not exist."
+            return JSONResponse(error_body(message, 404, "NotFoundError"), 404)
         return JSONResponse(info.model_card(config, request.app.state.started, context_length))
 
     @app.get("/get_load")
