@@ -40,6 +40,9 @@ def up(
         float, typer.Option(min=0, help="Multiplies every simulated GPU time (0 = instant).")
     ] = 1.0,
     ready_timeout: Annotated[float, typer.Option(help="Seconds to wait for readiness.")] = 60,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Path to a HuggingFace tokenizer.json for the workers.")
+    ] = None,
 ) -> None:
     """Start the gateway and simulated SGLang prefill/decode workers on embedded defaults."""
     from engines.engine_model import MODELS
@@ -48,7 +51,9 @@ def up(
     cost_model = engine_model or (model if model in MODELS else "tiny")
     if cost_model not in MODELS:
         raise typer.BadParameter(f"known: {', '.join(sorted(MODELS))}", param_hint="--engine-model")
-    plan = ClusterPlan(prefill, decode, model, cost_model, host, port, seed, time_scale)
+    plan = ClusterPlan(
+        prefill, decode, model, cost_model, host, port, seed, time_scale, tokenizer or None
+    )
     cluster = Cluster(plan)
     cluster.build()
     stop = threading.Event()

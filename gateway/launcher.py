@@ -42,6 +42,8 @@ class ClusterPlan:
     port: int = 8000
     seed: int = 0
     time_scale: float = 1.0
+    tokenizer: str | None = None
+    """A HuggingFace tokenizer.json for the workers; None = the built-in tokenizer."""
 
 
 @dataclass(slots=True)
@@ -74,6 +76,8 @@ class Cluster:
                 args = ["worker", "--role", role, "--host", p.host, "--port", str(port)]
                 args += ["--model", p.model, "--engine-model", p.engine_model]
                 args += ["--seed", str(p.seed + i), "--time-scale", str(p.time_scale)]
+                if p.tokenizer:
+                    args += ["--tokenizer", p.tokenizer]
                 spec: dict[str, object] = {"url": f"http://{p.host}:{port}", "role": role}
                 if role == "prefill":
                     boot = free_port(p.host)

@@ -7,12 +7,14 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
 from tests.support.procs import dualpath, free_port, running
+from tests.support.tiny_tokenizer import write_tiny_tokenizer
 
 pytestmark = pytest.mark.slow
 
@@ -218,3 +220,14 @@ def test_up_stops_every_child_on_signal(signum: int) -> None:
     for url in [*workers, f"http://127.0.0.1:{port}"]:
         with pytest.raises(httpx.ConnectError):
             httpx.get(url + "/health", timeout=2)
+
+
+def test_up_with_a_huggingface_tokenizer(tmp_path: Path) -> None:
+    port = free_port()
+    tokenizer = write_tiny_tokenizer(tmp_path / "tokenizer.json")
+    cmd = dualpath("up", "--port", str(port), "--decode", "1", "--tokenizer", str(tokenizer))
+    with running(cmd, f"http://127.0.0.1:{port}/ready", timeout=90):
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hello world"}]}
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"]["prompt_tokens"] > 0
