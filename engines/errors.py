@@ -7,7 +7,7 @@
         ├── UpstreamTimeout     connect, first byte or between-chunk timeout fired
         └── UpstreamStatusError the worker answered with a non-2xx status
 
-Foreign exceptions (httpx, aiohttp) are translated into these at one boundary, `pd_client`.
+Foreign exceptions (aiohttp) are translated into these at one boundary, `pd_client`.
 """
 
 from __future__ import annotations
