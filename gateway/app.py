@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -16,7 +17,7 @@ from engines.worker_registry import Worker, WorkerRegistry
 from gateway.errors import APIError, InvalidRequest, MethodNotAllowed, NotFound
 from gateway.pd_dispatch import PDDispatcher
 from gateway.placement import RoundRobinPlacement
-from gateway.routes import GatewayState, now_s, router
+from gateway.routes import GatewayState, router
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             registry=registry,
             placement=RoundRobinPlacement(registry, settings.retry_after_s),
             dispatcher=PDDispatcher(client),
-            started=now_s(),
+            started=int(time.time()),
         )
         try:
             yield

@@ -126,18 +126,23 @@ class Cluster:
                 time.sleep(0.1)  # poll interval
 
     def stop(self, grace_s: float = 10.0) -> None:
-        running = [c.proc for c in reversed(self.children) if c.proc and c.proc.poll() is None]
-        for proc in running:
+        stop_processes([c.proc for c in reversed(self.children) if c.proc], grace_s)
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) -> None:
+    """SIGTERM each process's group, then SIGKILL whatever is left after `grace_s` in all."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for proc in running:
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def openai_snippet(base_url: str, model: str) -> str:

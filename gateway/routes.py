@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
@@ -90,7 +89,3 @@ async def ready(request: Request) -> JSONResponse:
         {"status": "ready" if ok else "not_ready", "models": ready_models, "workers": workers},
         status_code=200 if ok else 503,
     )
-
-
-def now_s() -> int:
-    return int(time.time())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.launcher import free_port
+from gateway.launcher import free_port, stop_processes
 
 __all__ = ["REPO", "dualpath", "free_port", "running", "stop", "wait_http_ok"]
 
@@ -71,15 +70,7 @@ def running(
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    stop_processes([proc], timeout)
     return proc.returncode
 
 
