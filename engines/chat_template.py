@@ -51,9 +51,17 @@ def render_message(message: Mapping[str, Any]) -> str:
     return f"<|im_start|>{role}\n{body}<|im_end|>\n"
 
 
+GENERATION_PROMPT = "<|im_start|>assistant\n"
+"""The assistant's turn opening that ends every chat prompt."""
+
+
+def render_preamble(tools: Sequence[Any] | None) -> str:
+    """What comes before the messages: the offered tools, if any."""
+    if not tools:
+        return ""
+    return "<|im_start|>system\n<tools>" + _dumps(list(tools)) + "</tools><|im_end|>\n"
+
+
 def render_chat(messages: Sequence[Mapping[str, Any]], tools: Sequence[Any] | None = None) -> str:
     """The whole prompt for a chat request, ending with the assistant's turn opening."""
-    head = ""
-    if tools:
-        head = "<|im_start|>system\n<tools>" + _dumps(list(tools)) + "</tools><|im_end|>\n"
-    return head + "".join(render_message(m) for m in messages) + "<|im_start|>assistant\n"
+    return render_preamble(tools) + "".join(render_message(m) for m in messages) + GENERATION_PROMPT

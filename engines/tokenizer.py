@@ -29,6 +29,10 @@ class Tokenizer(Protocol):
         """Token ids a simulated engine may generate; each decodes to readable text."""
         ...
 
+    def opening_vocab(self) -> Sequence[int]:
+        """Token ids a reply may start with: like a real chat model's, no leading whitespace."""
+        ...
+
 
 _PIECE = re.compile(r" ?[A-Za-z]{1,6}| ?\d{1,3}|\s+|[^\sA-Za-z\d]")
 
@@ -45,6 +49,18 @@ _WORDS = (
 _PUNCT = [".", ",", ":", ";", "!", "?", "\n", "(", ")", "-"]
 _VOCAB_PIECES: tuple[str, ...] = tuple([" " + w for w in _WORDS] + [w for w in _WORDS] + _PUNCT)
 _HASH_BASE = 1 << 16
+_MAX_CACHED_PIECES = 1 << 18
+"""Bound on the piece → id memo (a few MB); past it, new pieces are hashed every time."""
+
+
+class _PieceIds(dict[str, int]):
+    """Piece → id: the vocabulary's own ids, other pieces by a stable hash (memoised)."""
+
+    def __missing__(self, piece: str) -> int:
+        token = _HASH_BASE + (xxhash.xxh32_intdigest(piece.encode()) & 0x7FFFFFF)
+        if len(self) < _MAX_CACHED_PIECES:
+            self[piece] = token
+        return token
 
 
 class WordPieceTokenizer:
@@ -53,21 +69,23 @@ class WordPieceTokenizer:
     name = "wordpiece"
 
     def __init__(self) -> None:
-        self._id_of = {piece: i for i, piece in enumerate(_VOCAB_PIECES)}
-        # Generated text reads as words: space-led pieces and sentence punctuation only.
+        self._id_of = _PieceIds({piece: i for i, piece in enumerate(_VOCAB_PIECES)})
+        # Generated text reads as words (space-led pieces and sentence punctuation) and encodes
+        # back to the same ids, so a reply sent back in the next prompt is the same tokens.
         self._output = tuple(
-            i for i, piece in enumerate(_VOCAB_PIECES) if piece[0] == " " or piece in ".,"
+            i
+            for i, piece in enumerate(_VOCAB_PIECES)
+            if (piece[0] == " " or piece in ".,") and self.encode(piece) == [i]
+        )
+        self._opening = tuple(
+            i
+            for i, piece in enumerate(_VOCAB_PIECES)
+            if piece.isalpha() and self.encode(piece) == [i]
         )
 
     def encode(self, text: str) -> list[int]:
         id_of = self._id_of
-        out: list[int] = []
-        for piece in _PIECE.findall(text):
-            known = id_of.get(piece)
-            if known is None:
-                known = _HASH_BASE + (xxhash.xxh32_intdigest(piece.encode()) & 0x7FFFFFF)
-            out.append(known)
-        return out
+        return [id_of[piece] for piece in _PIECE.findall(text)]
 
     def decode(self, ids: Sequence[int]) -> str:
         pieces = _VOCAB_PIECES
@@ -76,6 +94,9 @@ class WordPieceTokenizer:
 
     def output_vocab(self) -> Sequence[int]:
         return self._output
+
+    def opening_vocab(self) -> Sequence[int]:
+        return self._opening
 
 
 class HFTokenizer:
@@ -106,6 +127,9 @@ class HFTokenizer:
         return str(self._tok.decode(list(ids)))
 
     def output_vocab(self) -> Sequence[int]:
+        return self._output
+
+    def opening_vocab(self) -> Sequence[int]:
         return self._output
 
 

@@ -18,6 +18,8 @@ from gateway.errors import APIError, InvalidRequest, MethodNotAllowed, NotFound
 from gateway.pd_dispatch import PDDispatcher
 from gateway.placement import RoundRobinPlacement
 from gateway.routes import GatewayState, router
+from gateway.session_routes import router as session_router
+from gateway.session_turns import SessionTurns
 from gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -63,21 +65,25 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         workers = [Worker(s.url, s.role, s.bootstrap_port) for s in settings.workers]
         registry = WorkerRegistry(workers, client, settings.health)
         await registry.start()
+        sessions = SessionTurns.from_settings(settings)
         app.state.gateway = GatewayState(
             settings=settings,
             registry=registry,
             placement=RoundRobinPlacement(registry, settings.retry_after_s),
             dispatcher=PDDispatcher(client),
+            sessions=sessions,
             started=int(time.time()),
         )
         try:
             yield
         finally:
+            await sessions.close()
             await registry.stop()
             await client.aclose()
 
     app = FastAPI(title="dualpath-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(router)
+    app.include_router(session_router)
     app.add_exception_handler(APIError, _on_api_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

@@ -43,19 +43,30 @@ def up(
     tokenizer: Annotated[
         str | None, typer.Option(help="Path to a HuggingFace tokenizer.json for the workers.")
     ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(help="Session store: a redis:// URL, or 'embedded' to start a private one."),
+    ] = None,
 ) -> None:
     """Start the gateway and simulated SGLang prefill/decode workers on embedded defaults."""
     from engines.engine_model import MODELS
+    from gateway.errors import ConfigError
     from gateway.launcher import Cluster, ClusterPlan, openai_snippet
 
     cost_model = engine_model or (model if model in MODELS else "tiny")
     if cost_model not in MODELS:
         raise typer.BadParameter(f"known: {', '.join(sorted(MODELS))}", param_hint="--engine-model")
+    if redis and redis != "embedded" and not redis.startswith(("redis://", "rediss://")):
+        raise typer.BadParameter("a redis:// URL or 'embedded'", param_hint="--redis")
     plan = ClusterPlan(
-        prefill, decode, model, cost_model, host, port, seed, time_scale, tokenizer or None
+        prefill, decode, model, cost_model, host, port, seed, time_scale, tokenizer or None, redis
     )
     cluster = Cluster(plan)
-    cluster.build()
+    try:
+        cluster.build()
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -92,6 +103,12 @@ def serve(
     config: Annotated[Path, typer.Option(help="YAML cluster file naming the workers.")],
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8000,
+    redis: Annotated[
+        str | None, typer.Option(help="Redis URL for sessions shared by gateway replicas.")
+    ] = None,
+    tokenizer: Annotated[
+        str | None, typer.Option(help="The workers' HuggingFace tokenizer.json.")
+    ] = None,
 ) -> None:
     """Run the gateway alone against the workers named in a cluster file."""
     from gateway.errors import ConfigError
@@ -99,7 +116,9 @@ def serve(
     from gateway.settings import load_cluster_file, load_settings
 
     try:
-        settings = load_settings(load_cluster_file(config), host=host, port=port)
+        settings = load_settings(
+            load_cluster_file(config), host=host, port=port, redis_url=redis, tokenizer=tokenizer
+        )
     except ConfigError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None

@@ -43,7 +43,9 @@ class ClusterPlan:
     seed: int = 0
     time_scale: float = 1.0
     tokenizer: str | None = None
-    """A HuggingFace tokenizer.json for the workers; None = the built-in tokenizer."""
+    """A HuggingFace tokenizer.json for workers and gateway; None = the built-in tokenizer."""
+    redis: str | None = None
+    """Session store: None = in-process, `embedded` = a private redis-server, else its URL."""
 
 
 @dataclass(slots=True)
@@ -67,8 +69,21 @@ class Cluster:
     def _cli(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "gateway.cli", *args]
 
+    def _redis_url(self) -> str | None:
+        """The session store's URL, adding a private redis-server child for `embedded`."""
+        p = self.plan
+        if p.redis != "embedded":
+            return p.redis
+        from gateway.embedded_redis import redis_server_command
+
+        port = free_port(p.host)
+        url = f"redis://{p.host}:{port}/0"
+        self.children.append(Child("redis", redis_server_command(port, host=p.host), url))
+        return url
+
     def build(self) -> None:
         p = self.plan
+        redis_url = self._redis_url()
         workers: list[dict[str, object]] = []
         for role, count in (("prefill", p.prefill), ("decode", p.decode)):
             for i in range(count):
@@ -90,6 +105,10 @@ class Cluster:
         config = self.workdir / "cluster.yaml"
         config.write_text(yaml.safe_dump({"workers": workers}))
         serve = ["serve", "--config", str(config), "--host", p.host, "--port", str(p.port)]
+        if redis_url:
+            serve += ["--redis", redis_url]
+        if p.tokenizer:
+            serve += ["--tokenizer", p.tokenizer]
         self.children.append(Child("gateway", self._cli(*serve), f"http://{p.host}:{p.port}/ready"))
 
     def start(self) -> None:
@@ -104,6 +123,8 @@ class Cluster:
         return [c for c in self.children if c.proc is not None and c.proc.poll() is not None]
 
     def is_ready(self, child: Child) -> bool:
+        if child.ready_url.startswith("redis://"):
+            return _redis_pings(child.ready_url)
         try:
             return httpx.get(child.ready_url, timeout=1.0).is_success
         except httpx.HTTPError:
@@ -143,6 +164,16 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def _redis_pings(url: str) -> bool:
+    host, _, port = url.removeprefix("redis://").split("/", 1)[0].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def openai_snippet(base_url: str, model: str) -> str:

@@ -15,6 +15,12 @@ _Model = ConfigDict(extra="allow", strict=True)
 
 NonNegFloat = Annotated[float, Field(ge=0)]
 
+# OpenAI's own bounds on `metadata`: 16 pairs, keys up to 64 and values up to 512 characters.
+Metadata = Annotated[
+    dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
+    Field(max_length=16),
+]
+
 
 class StreamOptions(BaseModel):
     model_config = _Model
@@ -44,10 +50,10 @@ class _GenerationRequest(BaseModel):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    user: str | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
     logprobs: bool | int | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class ChatCompletionRequest(_GenerationRequest):

@@ -15,8 +15,10 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -35,6 +37,20 @@ log = logging.getLogger(__name__)
 _DONE = b"data: [DONE]\n\n"
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 FORWARDED_HEADERS = ("traceparent", "tracestate", "x-request-id")
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """A turn the decode worker finished, for whoever records it (sessions, metrics)."""
+
+    usage: dict[str, Any] | None
+    first_chunk_at: float | None
+    """`time.monotonic()` when the first streamed chunk went out; None when not streamed."""
+    ended_at: float
+    """`time.monotonic()` when the last byte went out."""
+
+
+OnComplete = Callable[[Completed], None]
 
 
 def _translate(exc: UpstreamError) -> APIError:
@@ -68,6 +84,15 @@ def _failure(exc: UpstreamError | APIError, prefill: asyncio.Task[None]) -> APIE
         if isinstance(cause, APIError | UpstreamError):
             exc = cause
     return exc if isinstance(exc, APIError) else _translate(exc)
+
+
+def encode_body(body: dict[str, Any], messages_json: bytes | None) -> bytes:
+    """`orjson.dumps(body)`, with the messages spliced in from `messages_json` when given."""
+    if messages_json is None or "messages" not in body:
+        return orjson.dumps(body)
+    rest = orjson.dumps({k: v for k, v in body.items() if k != "messages"})
+    tail = b"," + rest[1:] if len(rest) > 2 else b"}"
+    return b'{"messages":' + messages_json + tail
 
 
 class PDDispatcher:
@@ -125,10 +150,14 @@ class PDDispatcher:
             raise _worker_error(response.status, body, "prefill")
 
     async def _open_decode(
-        self, req: ParsedRequest, pair: PDPair, headers: dict[str, str]
+        self,
+        req: ParsedRequest,
+        pair: PDPair,
+        headers: dict[str, str],
+        messages_json: bytes | None,
     ) -> tuple[UpstreamResponse, asyncio.Task[None], str | None]:
         body, rid = self.upstream_body(req, pair)
-        payload = orjson.dumps(body)
+        payload = encode_body(body, messages_json)
         prefill = asyncio.create_task(
             self._prefill_leg(pair.prefill.url + req.path, payload, headers)
         )
@@ -167,11 +196,26 @@ class PDDispatcher:
 
         prefill.add_done_callback(on_done)
 
-    async def dispatch(self, req: ParsedRequest, pair: PDPair, headers: dict[str, str]) -> Response:
-        response, prefill, rid = await self._open_decode(req, pair, headers)
+    async def dispatch(
+        self,
+        req: ParsedRequest,
+        pair: PDPair,
+        headers: dict[str, str],
+        *,
+        response_headers: Mapping[str, str] | None = None,
+        on_complete: OnComplete | None = None,
+        messages_json: bytes | None = None,
+    ) -> Response:
+        """Relay one request; `on_complete` is called once if (and only if) it finishes.
+
+        `messages_json`, when given, is `orjson.dumps(req.body["messages"])` already made (the
+        session step needs it too), so a long context is serialised once, not twice.
+        """
+        response, prefill, rid = await self._open_decode(req, pair, headers, messages_json)
         self._close_on_prefill_failure(prefill, response)
         if req.stream:
-            return RelayResponse(self._relay(req, pair, response, prefill, rid), _SSE_HEADERS)
+            relay = self._relay(req, pair, response, prefill, rid, on_complete)
+            return RelayResponse(relay, {**_SSE_HEADERS, **(response_headers or {})})
         try:
             body = await response.read()
             await prefill
@@ -181,8 +225,10 @@ class PDDispatcher:
         finally:
             prefill.cancel()
             await response.aclose()
-        patched, _usage = patch_response_usage(body)
-        return Response(patched, media_type="application/json")
+        patched, usage = patch_response_usage(body)
+        if on_complete is not None:
+            on_complete(Completed(usage, None, time.monotonic()))
+        return Response(patched, media_type="application/json", headers=response_headers)
 
     async def _relay(
         self,
@@ -191,18 +237,24 @@ class PDDispatcher:
         response: UpstreamResponse,
         prefill: asyncio.Task[None],
         rid: str | None,
+        on_complete: OnComplete | None,
     ) -> AsyncIterator[bytes]:
         usage = SSEUsageFilter(req.include_usage)
         finished = False
+        first_at: float | None = None
         try:
             async for chunk in response.chunks():
                 out = usage.feed(chunk)
                 if out:
+                    if first_at is None:
+                        first_at = time.monotonic()
                     yield out
             yield usage.flush()
             if _failed(prefill):
                 raise UpstreamError("the prefill leg failed", phase="prefill")
             finished = True
+            if on_complete is not None:
+                on_complete(Completed(usage.usage, first_at, time.monotonic()))
         except (UpstreamError, APIError) as exc:
             # The stream already started: tell the client in-band and end it cleanly.
             err = _failure(exc, prefill)

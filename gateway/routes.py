@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
@@ -12,6 +13,7 @@ from gateway.errors import ModelNotFound
 from gateway.pd_dispatch import FORWARDED_HEADERS, PDDispatcher
 from gateway.placement import Placement
 from gateway.request_parsing import check_content_type, parse_request, read_body
+from gateway.session_turns import SESSION_HEADER, SessionTurns
 from gateway.settings import GatewaySettings
 
 
@@ -23,6 +25,7 @@ class GatewayState:
     registry: WorkerRegistry
     placement: Placement
     dispatcher: PDDispatcher
+    sessions: SessionTurns
     started: int
 
 
@@ -35,6 +38,7 @@ def _state(request: Request) -> GatewayState:
 
 
 async def _generate(request: Request) -> Response:
+    started_at = time.monotonic()
     state = _state(request)
     headers = request.headers
     check_content_type(headers)
@@ -44,9 +48,19 @@ async def _generate(request: Request) -> Response:
         raise ModelNotFound(
             f"The model '{parsed.model}' does not exist or is not served here", param="model"
         )
+    turn = await state.sessions.begin(parsed, headers)
     pair = state.placement.choose(parsed.model)
     forwarded = {h: headers[h] for h in FORWARDED_HEADERS if h in headers}
-    return await state.dispatcher.dispatch(parsed, pair, forwarded)
+    if turn is None:
+        return await state.dispatcher.dispatch(parsed, pair, forwarded)
+    return await state.dispatcher.dispatch(
+        parsed,
+        pair,
+        forwarded,
+        response_headers={SESSION_HEADER: turn.plan.session_id},
+        on_complete=state.sessions.on_complete(turn.plan, started_at, pair),
+        messages_json=turn.messages_json,
+    )
 
 
 @router.post("/v1/chat/completions", response_model=None)

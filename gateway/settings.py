@@ -41,6 +41,32 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Agent sessions and prefix hashes (see `session/`)."""
+
+    redis_url: str = ""
+    """Redis shared by gateway replicas (`redis://host:port/db`); empty = the in-process store."""
+    redis_timeout_s: float = 0.5
+    """Per Redis call; past it the turn is served from the in-process store."""
+    redis_retry_s: float = 1.0
+    """While Redis is down, how often to try it again."""
+    max_sessions: int = 100_000
+    """In-process store bound (least recently used evicted)."""
+    idle_ttl_s: float = 4 * 3600.0
+    """A session unused this long is forgotten."""
+    block_tokens: int = 64
+    """Tokens per hashed block (SGLang's page size)."""
+    tip_candidates: int = 8
+    """Unnamed turns: trailing message boundaries tried as the end of the last turn."""
+    max_checkpoints: int = 4096
+    """Per session; older message checkpoints are thinned past it."""
+    max_turn_facts: int = 32
+    """Per-turn facts kept per session."""
+    secret: str = ""
+    """Mixed into every hash chain so hashes cannot be computed outside the gateway."""
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -52,6 +78,9 @@ class GatewaySettings:
     """`Retry-After` sent with 503 when no healthy worker can take a request."""
     upstream_connections: int = 1024
     """Connection pool size towards the workers."""
+    sessions: SessionConfig = field(default_factory=SessionConfig)
+    tokenizer: str = ""
+    """The workers' HuggingFace tokenizer.json; empty = the built-in tokenizer."""
     log_level: str = "warning"
 
 
@@ -112,13 +141,24 @@ def load_settings(
     *,
     host: str | None = None,
     port: int | None = None,
+    redis_url: str | None = None,
+    tokenizer: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> GatewaySettings:
     """Defaults, then `DUALPATH_*` environment variables, then the CLI's flags."""
     settings = _from_env(GatewaySettings(), os.environ if env is None else env, "DUALPATH_")
+    sessions = settings.sessions
+    if redis_url is not None:
+        sessions = replace(sessions, redis_url=redis_url)
+    if sessions.redis_url and not sessions.redis_url.startswith(
+        ("redis://", "rediss://", "unix://")
+    ):
+        raise ConfigError(f"redis URL must start with redis://, not {sessions.redis_url!r}")
     return replace(
         settings,
         workers=workers,
         host=settings.host if host is None else host,
         port=settings.port if port is None else port,
+        tokenizer=settings.tokenizer if tokenizer is None else tokenizer,
+        sessions=sessions,
     )

@@ -91,7 +91,10 @@ def plan_answer(
         call = ToolCallPlan(f"call_{rng.getrandbits(96):024x}", str(tool["name"]), args, pieces)
         return Plan(tuple(rng.choice(vocab) for _ in pieces), call)
     n = rng.randint(min_tokens, max_tokens)
-    return Plan(tuple(rng.choice(vocab) for _ in range(n)))
+    if n == 0:
+        return Plan(())
+    first = rng.choice(tokenizer.opening_vocab())
+    return Plan((first, *(rng.choice(vocab) for _ in range(n - 1))))
 
 
 _WORDS = ("alpha", "beta", "gamma", "delta", "report", "main", "config", "value", "item")

@@ -48,8 +48,12 @@ def test_plans_are_deterministic_per_seed() -> None:
     p1 = plan_answer(tok, seed, min_tokens=4, max_tokens=20)
     p2 = plan_answer(tok, seed, min_tokens=4, max_tokens=20)
     assert p1 == p2 and 4 <= len(p1.token_ids) <= 20
-    assert all(t in tok.output_vocab() for t in p1.token_ids)
-    assert tok.decode(p1.token_ids)
+    assert p1.token_ids[0] in tok.opening_vocab()
+    assert all(t in tok.output_vocab() for t in p1.token_ids[1:])
+    # A reply comes back in the next prompt as the same tokens, after the assistant's opening.
+    assert tok.encode("assistant\n" + tok.decode(p1.token_ids))[-len(p1.token_ids) :] == list(
+        p1.token_ids
+    )
 
 
 WEATHER = {

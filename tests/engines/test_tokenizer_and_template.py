@@ -29,8 +29,11 @@ def test_encoding_is_deterministic_and_prefix_stable(text: str) -> None:
 
 def test_output_vocab_round_trips() -> None:
     tok = WordPieceTokenizer()
-    ids = list(tok.output_vocab()[:30])
+    ids = list(tok.output_vocab())
+    assert len(ids) > 100
     assert tok.encode(tok.decode(ids)) == ids
+    opening = list(tok.opening_vocab())
+    assert all(tok.encode(tok.decode([i, *ids[:5]])) == [i, *ids[:5]] for i in opening)
 
 
 def test_hf_tokenizer_from_a_local_file(tmp_path: Path) -> None:

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import yaml
 
+from gateway.pd_dispatch import encode_body
 from tests.support.procs import dualpath, free_port, running, wait_http_ok
 from tests.support.tiny_tokenizer import write_tiny_tokenizer
 
@@ -204,3 +206,16 @@ def test_failing_prefill_fails_the_request_fast(
     deadline = time.monotonic() + 2
     while not any(e["path"] == "/abort_request" for e in workers.recorded(workers.decode)):
         assert time.monotonic() < deadline, f"decode leg of {rid} was not aborted"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "messages": [{"role": "user", "content": "hé"}], "stream": True},
+        {"messages": [{"role": "user", "content": "x"}]},
+        {"model": "m", "prompt": "no messages here"},
+    ],
+)
+def test_spliced_messages_encode_like_the_whole_body(body: dict[str, object]) -> None:
+    messages = orjson.dumps(body["messages"]) if "messages" in body else None
+    assert orjson.loads(encode_body(body, messages)) == body
