@@ -19,9 +19,7 @@ import argparse
 import asyncio
 import gc
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -35,8 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.overhead.machine import describe  # noqa: E402
 from engines.tokenizer import WordPieceTokenizer  # noqa: E402
-from gateway.embedded_redis import redis_server_command  # noqa: E402
-from gateway.launcher import free_port  # noqa: E402
+from gateway.embedded_redis import redis_server  # noqa: E402
 from gateway.prompt_tokens import TemplateTokens  # noqa: E402
 from session.identity import claimed_session  # noqa: E402
 from session.memory_store import MemorySessionStore  # noqa: E402
@@ -124,7 +121,9 @@ async def time_size(store: SessionStore, context: int, sessions: int) -> dict[st
     return out
 
 
-def slope_us_per_1k(results: list[dict[str, Any]], mode: str) -> float:
+def slope_us_per_1k(results: list[dict[str, Any]], mode: str) -> float | None:
+    if len(results) < 2:
+        return None
     xs = [r["context_tokens"] / 1000 for r in results]
     ys = [r[mode]["p50_ms"] * 1000 for r in results]
     return statistics.linear_regression(xs, ys).slope
@@ -142,22 +141,6 @@ async def memory_per_session(context: int, count: int) -> float:
     used = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     return used / count
-
-
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(redis_server_command(port), stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.02)  # poll interval while the server starts
-    proc.kill()
-    raise TimeoutError("redis-server did not start")
 
 
 async def redis_round_trips(url: str) -> dict[str, Any]:
@@ -186,12 +169,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     for size in args.sizes:
         results.append(await time_size(store, size, args.sessions))
         print(json.dumps(results[-1]), flush=True)
-    proc, url = start_redis()
-    try:
-        redis = await redis_round_trips(url)
-    finally:
-        proc.kill()
-        proc.wait()
+    with redis_server() as server:
+        redis = await redis_round_trips(server.url)
     return {
         "benchmark": "session_hashing",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),

@@ -124,7 +124,12 @@ class Cluster:
 
     def is_ready(self, child: Child) -> bool:
         if child.ready_url.startswith("redis://"):
-            return _redis_pings(child.ready_url)
+            from gateway.embedded_redis import redis_pings
+
+            host, _, port = (
+                child.ready_url.removeprefix("redis://").split("/", 1)[0].rpartition(":")
+            )
+            return redis_pings(host, int(port))
         try:
             return httpx.get(child.ready_url, timeout=1.0).is_success
         except httpx.HTTPError:
@@ -164,16 +169,6 @@ def stop_processes(procs: list[subprocess.Popen[bytes]], grace_s: float = 10.0) 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def _redis_pings(url: str) -> bool:
-    host, _, port = url.removeprefix("redis://").split("/", 1)[0].rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=1.0) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def openai_snippet(base_url: str, model: str) -> str:

@@ -13,8 +13,9 @@ from gateway.errors import ModelNotFound
 from gateway.pd_dispatch import FORWARDED_HEADERS, PDDispatcher
 from gateway.placement import Placement
 from gateway.request_parsing import check_content_type, parse_request, read_body
-from gateway.session_turns import SESSION_HEADER, SessionTurns
+from gateway.session_turns import SessionTurns
 from gateway.settings import GatewaySettings
+from session.identity import SESSION_HEADER
 
 
 @dataclass(slots=True)

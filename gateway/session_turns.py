@@ -32,8 +32,6 @@ from session.tracker import Prompt, SessionTracker, TrackerConfig, TurnOutcome, 
 
 log = logging.getLogger(__name__)
 
-SESSION_HEADER = "X-Session-ID"
-
 
 def build_store(config: SessionConfig) -> SessionStore:
     limits = StoreLimits(

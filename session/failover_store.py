@@ -8,13 +8,12 @@ line when the primary answers again.
 
 Sessions begun or continued during an outage live in the fallback. After recovery, a resolve or
 get that finds nothing in the primary consults the fallback, and the session's next commit
-carries its history into the primary (when the primary accepts a `seed`) and leaves the
-fallback. Listing shows the primary's sessions only while it is up.
+carries its history into the primary (as the commit's `seed`) and leaves the fallback.
+Listing shows the primary's sessions only while it is up.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -57,7 +56,6 @@ class FailoverSessionStore:
         """Calls served by the fallback because the primary was down."""
         self._down_until = 0.0
         self._down_since = 0.0
-        self._seeded = "seed" in inspect.signature(primary.commit).parameters
 
     async def _route(
         self,
@@ -119,19 +117,18 @@ class FailoverSessionStore:
             on_primary, lambda: self.fallback.resolve(tenant, session_id, tip_digests, root)
         )
 
-    async def commit(self, turn: TurnCommit) -> None:
+    async def commit(self, turn: TurnCommit, *, seed: SessionRecord | None = None) -> None:
         async def on_primary() -> None:
-            seed = None
-            if len(self.fallback):
-                seed = await self.fallback.get(turn.tenant, turn.session_id)
-            if seed is not None and self._seeded:
-                await self.primary.commit(turn, seed=seed)  # type: ignore[call-arg]
-            else:
-                await self.primary.commit(turn)
-            if seed is not None:
+            kept = (
+                await self.fallback.get(turn.tenant, turn.session_id)
+                if len(self.fallback)
+                else None
+            )
+            await self.primary.commit(turn, seed=kept or seed)
+            if kept is not None:
                 await self.fallback.delete(turn.tenant, turn.session_id)
 
-        await self._route(on_primary, lambda: self.fallback.commit(turn))
+        await self._route(on_primary, lambda: self.fallback.commit(turn, seed=seed))
 
     async def get(self, tenant: str, session_id: str) -> SessionRecord | None:
         async def on_primary() -> SessionRecord | None:

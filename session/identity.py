@@ -15,7 +15,8 @@ from session.errors import InvalidSessionId
 
 MAX_SESSION_ID_CHARS = 128
 
-SESSION_HEADER = "x-session-id"
+SESSION_HEADER = "X-Session-ID"
+"""Ours, and OpenCode's; the gateway also sends it back on every chat response."""
 AGENT_HEADERS = ("x-claude-code-session-id", "session-id")
 """Claude Code's and Codex's own session headers (OpenCode sends `x-session-id` itself)."""
 
@@ -47,7 +48,7 @@ def claimed_session(headers: Mapping[str, str], body: Mapping[str, Any]) -> Clai
 
     `headers` must be case-insensitive (as Starlette's are) or have lower-case keys.
     """
-    value = headers.get(SESSION_HEADER)
+    value = headers.get(SESSION_HEADER.lower())
     if value is not None:
         return ClaimedSession(check_session_id(value, "X-Session-ID"), "header")
     for name in AGENT_HEADERS:

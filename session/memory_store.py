@@ -134,9 +134,11 @@ class MemorySessionStore:
                     return Resolution(record=record, tip_index=i)
         return Resolution(related=self._related(tenant, root))
 
-    async def commit(self, turn: TurnCommit) -> None:
+    async def commit(self, turn: TurnCommit, *, seed: SessionRecord | None = None) -> None:
         key = (turn.tenant, turn.session_id)
         old = self._live(key)
+        if old is None and seed is not None and (seed.tenant, seed.id) == key:
+            old = seed
         if old is not None and self._tips.get((turn.tenant, old.tip.digest)) == turn.session_id:
             del self._tips[(turn.tenant, old.tip.digest)]
         record = apply_commit(old, turn, self.limits)

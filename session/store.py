@@ -48,9 +48,12 @@ class SessionStore(Protocol):
         sessions of the tenant that share `root`, newest first."""
         ...
 
-    async def commit(self, turn: TurnCommit) -> None:
+    async def commit(self, turn: TurnCommit, *, seed: SessionRecord | None = None) -> None:
         """Apply a finished turn atomically: create or update the record (turns + 1, facts
-        appended and bounded, checkpoints thinned), move the tip index, add to the root set."""
+        appended and bounded, checkpoints thinned), move the tip index, add to the root set.
+
+        `seed` is this session's record as another store kept it (the failover store's fallback
+        during an outage): when this store has no record, the turn continues that history."""
         ...
 
     async def get(self, tenant: str, session_id: str) -> SessionRecord | None: ...

@@ -14,8 +14,8 @@ import openai
 import pytest
 import yaml
 
+from gateway.embedded_redis import RedisServer, redis_server
 from tests.support.procs import dualpath, free_port, running
-from tests.support.redis_server import RedisServer, redis_server
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from tests.support import redis_server as servers
+from gateway import embedded_redis as servers
 
 
 @pytest.fixture(scope="session")

@@ -12,13 +12,13 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway.embedded_redis import RedisServer
 from session.errors import SessionStoreError
 from session.failover_store import FailoverSessionStore
 from session.memory_store import MemorySessionStore
 from session.redis_store import RedisSessionStore
 from session.store import StoreLimits
 from tests.session.test_store_contract import TENANT, expected, make_turn
-from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture
