@@ -35,6 +35,7 @@ from bench.overhead.machine import describe  # noqa: E402
 from engines.tokenizer import WordPieceTokenizer  # noqa: E402
 from gateway.embedded_redis import redis_server  # noqa: E402
 from gateway.prompt_tokens import TemplateTokens  # noqa: E402
+from kvstore import block_key  # noqa: E402
 from session.identity import claimed_session  # noqa: E402
 from session.memory_store import MemorySessionStore  # noqa: E402
 from session.redis_store import RedisSessionStore  # noqa: E402
@@ -97,7 +98,7 @@ async def one_turn(
 async def time_size(store: SessionStore, context: int, sessions: int) -> dict[str, Any]:
     out: dict[str, Any] = {"context_tokens": context}
     for mode in ("named", "unnamed"):
-        tracker = SessionTracker(store, RENDERER)
+        tracker = SessionTracker(store, RENDERER, block_key)
         session_s: list[float] = []
         serialise_s: list[float] = []
         for s in range(sessions):
@@ -131,7 +132,7 @@ def slope_us_per_1k(results: list[dict[str, Any]], mode: str) -> float | None:
 
 async def memory_per_session(context: int, count: int) -> float:
     store = MemorySessionStore()
-    tracker = SessionTracker(store, RENDERER)
+    tracker = SessionTracker(store, RENDERER, block_key)
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
@@ -145,7 +146,7 @@ async def memory_per_session(context: int, count: int) -> float:
 
 async def redis_round_trips(url: str) -> dict[str, Any]:
     store = RedisSessionStore(url)
-    tracker = SessionTracker(store, RENDERER)
+    tracker = SessionTracker(store, RENDERER, block_key)
     out: dict[str, Any] = {}
     try:
         for mode, name in (("named", "rt-named"), ("unnamed", None)):

@@ -47,6 +47,17 @@ def up(
         str | None,
         typer.Option(help="Session store: a redis:// URL, or 'embedded' to start a private one."),
     ] = None,
+    kv: Annotated[
+        str,
+        typer.Option(
+            help="KV store: 'embedded', 'mooncake' (a private mooncake_master), "
+            "'mooncake://HOST:PORT' (an existing master), 'http://HOST:PORT' (an existing "
+            "embedded store server) or 'none'."
+        ),
+    ] = "embedded",
+    read_path: Annotated[
+        str, typer.Option(help="Default read path for cached KV: pe or de.")
+    ] = "pe",
 ) -> None:
     """Start the gateway and simulated SGLang prefill/decode workers on embedded defaults."""
     from engines.engine_model import MODELS
@@ -58,8 +69,21 @@ def up(
         raise typer.BadParameter(f"known: {', '.join(sorted(MODELS))}", param_hint="--engine-model")
     if redis and redis != "embedded" and not redis.startswith(("redis://", "rediss://")):
         raise typer.BadParameter("a redis:// URL or 'embedded'", param_hint="--redis")
+    if read_path not in ("pe", "de"):
+        raise typer.BadParameter("pe or de", param_hint="--read-path")
     plan = ClusterPlan(
-        prefill, decode, model, cost_model, host, port, seed, time_scale, tokenizer or None, redis
+        prefill,
+        decode,
+        model,
+        cost_model,
+        host,
+        port,
+        seed,
+        time_scale,
+        tokenizer or None,
+        redis,
+        kv=kv,
+        read_path=read_path,
     )
     cluster = Cluster(plan)
     try:
@@ -74,10 +98,9 @@ def up(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    cluster.start()
     try:
-        with console.status("starting workers and gateway…"):
-            cluster.wait_ready(
+        with console.status("starting stores, workers and gateway…"):
+            cluster.launch(
                 ready_timeout,
                 lambda c: console.print(f"[green]✓[/] {c.name} ready ({c.ready_url})"),
             )
@@ -87,9 +110,11 @@ def up(
         console.print(Syntax(openai_snippet(cluster.base_url, model), "python"))
         console.print(f"logs: {cluster.workdir}   stop with Ctrl-C")
         while not stop.wait(0.5):
-            if dead := cluster.dead():
-                console.print(f"[red]{dead[0].name} exited; stopping[/]")
-                raise typer.Exit(1)
+            for child in cluster.dead():
+                if not cluster.revive(child):
+                    console.print(f"[red]{child.name} exited; stopping[/]")
+                    raise typer.Exit(1)
+                console.print(f"[yellow]{child.name} exited; restarted it (empty)[/]")
     except (RuntimeError, TimeoutError) as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
@@ -109,6 +134,9 @@ def serve(
     tokenizer: Annotated[
         str | None, typer.Option(help="The workers' HuggingFace tokenizer.json.")
     ] = None,
+    read_path: Annotated[
+        str | None, typer.Option(help="Default read path for cached KV: pe or de.")
+    ] = None,
 ) -> None:
     """Run the gateway alone against the workers named in a cluster file."""
     from gateway.errors import ConfigError
@@ -117,7 +145,12 @@ def serve(
 
     try:
         settings = load_settings(
-            load_cluster_file(config), host=host, port=port, redis_url=redis, tokenizer=tokenizer
+            load_cluster_file(config),
+            host=host,
+            port=port,
+            redis_url=redis,
+            tokenizer=tokenizer,
+            read_path=read_path,
         )
     except ConfigError as exc:
         console.print(f"[red]{exc}[/]")
@@ -139,6 +172,19 @@ def worker(
     tokenizer: Annotated[
         str | None, typer.Option(help="Path to a HuggingFace tokenizer.json.")
     ] = None,
+    kv_store: Annotated[
+        str | None,
+        typer.Option(help="KV store: http://HOST:PORT (embedded server), mooncake://HOST:PORT."),
+    ] = None,
+    kv_scale: Annotated[
+        float, typer.Option(min=1, help="Stored block bytes = modelled bytes / this.")
+    ] = 256.0,
+    snic_gbps: Annotated[
+        float | None, typer.Option(help="Storage NIC GB/s (default: the cost model's node).")
+    ] = None,
+    cnic_gbps: Annotated[
+        float | None, typer.Option(help="Compute NIC GB/s (default: the cost model's node).")
+    ] = None,
 ) -> None:
     """Run one simulated SGLang worker."""
     if role not in ("prefill", "decode", "null"):
@@ -157,6 +203,10 @@ def worker(
             seed=seed,
             tokenizer_path=tokenizer,
             time_scale=time_scale,
+            kv_store=kv_store,
+            kv_scale=kv_scale,
+            snic_gbps=snic_gbps,
+            cnic_gbps=cnic_gbps,
         )
     )
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from gateway.errors import ConfigError
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -46,6 +48,16 @@ class ClusterPlan:
     """A HuggingFace tokenizer.json for workers and gateway; None = the built-in tokenizer."""
     redis: str | None = None
     """Session store: None = in-process, `embedded` = a private redis-server, else its URL."""
+    kv: str = "embedded"
+    """KV store: `embedded` (a private store server), `mooncake` (a private mooncake_master),
+    `mooncake://host:port` (an existing master), `http://host:port` (an existing store server)
+    or `none` (the workers' local prefix caches only)."""
+    kv_capacity_bytes: int = 256 << 20
+    """Embedded store: memory it may hold."""
+    kv_scale: float = 256.0
+    """Stored block bytes = modelled bytes / kv_scale."""
+    read_path: str = "pe"
+    """Default read path for cached KV: `pe` or `de`."""
 
 
 @dataclass(slots=True)
@@ -53,7 +65,16 @@ class Child:
     name: str
     cmd: list[str]
     ready_url: str
+    """http(s):// polled for a 2xx, redis:// for PONG, tcp:// for an accepted connection."""
+    stage: int = 1
+    """Children start stage by stage: stores (0) are ready before workers and gateway (1)."""
     proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+
+MAX_STORE_RESTARTS = 5
+"""A store that died is restarted (its contents lost: clients degrade to misses meanwhile), but
+one that keeps dying stops `dualpath up` instead of looping."""
 
 
 @dataclass(slots=True)
@@ -78,12 +99,37 @@ class Cluster:
 
         port = free_port(p.host)
         url = f"redis://{p.host}:{port}/0"
-        self.children.append(Child("redis", redis_server_command(port, host=p.host), url))
+        self.children.append(Child("redis", redis_server_command(port, host=p.host), url, 0))
+        return url
+
+    def _kv_url(self) -> str | None:
+        """The KV store's URL for the workers, adding a store child when it is ours to run."""
+        p = self.plan
+        if p.kv == "none":
+            return None
+        if p.kv.startswith(("mooncake://", "http://")):
+            return p.kv  # an existing Mooncake master or embedded store server
+        port = free_port(p.host)
+        if p.kv == "mooncake":
+            from kvstore.mooncake_master import mooncake_master_command
+
+            cmd = mooncake_master_command(port, host=p.host)
+            self.children.append(Child("mooncake-master", cmd, f"tcp://{p.host}:{port}", 0))
+            return f"mooncake://{p.host}:{port}"
+        if p.kv != "embedded":
+            raise ConfigError(
+                f"unknown KV store {p.kv!r}: embedded, mooncake, mooncake://…, http://…, none"
+            )
+        url = f"http://{p.host}:{port}"
+        cmd = [sys.executable, "-m", "kvstore.store_server", "--host", p.host, "--port", str(port)]
+        cmd += ["--capacity-bytes", str(p.kv_capacity_bytes)]
+        self.children.append(Child("kvstore", cmd, url + "/health", 0))
         return url
 
     def build(self) -> None:
         p = self.plan
         redis_url = self._redis_url()
+        kv_url = self._kv_url()
         workers: list[dict[str, object]] = []
         for role, count in (("prefill", p.prefill), ("decode", p.decode)):
             for i in range(count):
@@ -93,6 +139,8 @@ class Cluster:
                 args += ["--seed", str(p.seed + i), "--time-scale", str(p.time_scale)]
                 if p.tokenizer:
                     args += ["--tokenizer", p.tokenizer]
+                if kv_url:
+                    args += ["--kv-store", kv_url, "--kv-scale", str(p.kv_scale)]
                 spec: dict[str, object] = {"url": f"http://{p.host}:{port}", "role": role}
                 if role == "prefill":
                     boot = free_port(p.host)
@@ -109,20 +157,44 @@ class Cluster:
             serve += ["--redis", redis_url]
         if p.tokenizer:
             serve += ["--tokenizer", p.tokenizer]
+        serve += ["--read-path", p.read_path]
         self.children.append(Child("gateway", self._cli(*serve), f"http://{p.host}:{p.port}/ready"))
 
-    def start(self) -> None:
-        for child in self.children:
+    def launch(self, timeout_s: float, on_ready: object = None) -> None:
+        """Start the children stage by stage, each stage ready before the next starts."""
+        deadline = time.monotonic() + timeout_s
+        for stage in sorted({c.stage for c in self.children}):
+            children = [c for c in self.children if c.stage == stage]
+            self.start(children)
+            self.wait_ready(max(deadline - time.monotonic(), 0.0), on_ready, children)
+
+    def start(self, children: list[Child] | None = None) -> None:
+        for child in self.children if children is None else children:
             log = open(self.workdir / f"{child.name}.log", "wb")  # noqa: SIM115 (child owns it)
             child.proc = subprocess.Popen(
                 child.cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
             log.close()
 
+    def revive(self, child: Child) -> bool:
+        """Restart a dead store child; False for any other child or one that keeps dying."""
+        if child.stage != 0 or child.restarts >= MAX_STORE_RESTARTS:
+            return False
+        child.restarts += 1
+        self.start([child])
+        return True
+
     def dead(self) -> list[Child]:
         return [c for c in self.children if c.proc is not None and c.proc.poll() is not None]
 
     def is_ready(self, child: Child) -> bool:
+        if child.ready_url.startswith("tcp://"):
+            host, _, port = child.ready_url.removeprefix("tcp://").rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=0.5).close()
+            except OSError:
+                return False
+            return True
         if child.ready_url.startswith("redis://"):
             from gateway.embedded_redis import redis_pings
 
@@ -135,9 +207,11 @@ class Cluster:
         except httpx.HTTPError:
             return False
 
-    def wait_ready(self, timeout_s: float, on_ready: object = None) -> None:
+    def wait_ready(
+        self, timeout_s: float, on_ready: object = None, children: list[Child] | None = None
+    ) -> None:
         """Poll each child's readiness URL until all answer; raise if one dies or time runs out."""
-        pending = list(self.children)
+        pending = list(self.children if children is None else children)
         deadline = time.monotonic() + timeout_s
         while pending:
             if dead := self.dead():

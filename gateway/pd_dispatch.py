@@ -27,6 +27,7 @@ from starlette.responses import Response
 from engines.errors import UpstreamError, UpstreamTimeout
 from engines.pd_client import UpstreamClient, UpstreamResponse
 from gateway.errors import APIError, InvalidRequest, UpstreamFailed, UpstreamTimedOut
+from gateway.kv_route import KVRoute
 from gateway.placement import PDPair
 from gateway.relay_response import RelayResponse
 from gateway.request_parsing import ParsedRequest
@@ -109,9 +110,14 @@ class PDDispatcher:
         task.add_done_callback(self._background.discard)
         return task
 
-    def upstream_body(self, req: ParsedRequest, pair: PDPair) -> tuple[dict[str, Any], str | None]:
+    def upstream_body(
+        self, req: ParsedRequest, pair: PDPair, kv: KVRoute | None = None
+    ) -> tuple[dict[str, Any], str | None]:
         """The body both workers receive, and the rid used to abort it (None for batches)."""
         body = dict(req.body)
+        extension = kv.extension(pair) if kv is not None else None
+        if extension is not None:
+            body["dualpath"] = extension
         host, port = pair.prefill.bootstrap_host, pair.prefill.bootstrap_port
         room = self._rng.getrandbits(63)
         if req.batch_size > 1:
@@ -155,8 +161,9 @@ class PDDispatcher:
         pair: PDPair,
         headers: dict[str, str],
         messages_json: bytes | None,
+        kv: KVRoute | None,
     ) -> tuple[UpstreamResponse, asyncio.Task[None], str | None]:
-        body, rid = self.upstream_body(req, pair)
+        body, rid = self.upstream_body(req, pair, kv)
         payload = encode_body(body, messages_json)
         prefill = asyncio.create_task(
             self._prefill_leg(pair.prefill.url + req.path, payload, headers)
@@ -205,13 +212,14 @@ class PDDispatcher:
         response_headers: Mapping[str, str] | None = None,
         on_complete: OnComplete | None = None,
         messages_json: bytes | None = None,
+        kv: KVRoute | None = None,
     ) -> Response:
         """Relay one request; `on_complete` is called once if (and only if) it finishes.
 
         `messages_json`, when given, is `orjson.dumps(req.body["messages"])` already made (the
         session step needs it too), so a long context is serialised once, not twice.
         """
-        response, prefill, rid = await self._open_decode(req, pair, headers, messages_json)
+        response, prefill, rid = await self._open_decode(req, pair, headers, messages_json, kv)
         self._close_on_prefill_failure(prefill, response)
         if req.stream:
             relay = self._relay(req, pair, response, prefill, rid, on_complete)

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from engines.worker_registry import WorkerRegistry
 from gateway.errors import ModelNotFound
+from gateway.kv_route import KVRoute
 from gateway.pd_dispatch import FORWARDED_HEADERS, PDDispatcher
 from gateway.placement import Placement
 from gateway.request_parsing import check_content_type, parse_request, read_body
@@ -52,8 +53,13 @@ async def _generate(request: Request) -> Response:
     turn = await state.sessions.begin(parsed, headers)
     pair = state.placement.choose(parsed.model)
     forwarded = {h: headers[h] for h in FORWARDED_HEADERS if h in headers}
+    kv = KVRoute(
+        state.sessions.chain_root(headers, parsed.model),
+        state.settings.kv.read_path,
+        turn.plan.hit_tokens if turn is not None else None,
+    )
     if turn is None:
-        return await state.dispatcher.dispatch(parsed, pair, forwarded)
+        return await state.dispatcher.dispatch(parsed, pair, forwarded, kv=kv)
     return await state.dispatcher.dispatch(
         parsed,
         pair,
@@ -61,6 +67,7 @@ async def _generate(request: Request) -> Response:
         response_headers={SESSION_HEADER: turn.plan.session_id},
         on_complete=state.sessions.on_complete(turn.plan, started_at, pair),
         messages_json=turn.messages_json,
+        kv=kv,
     )
 
 

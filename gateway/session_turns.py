@@ -24,6 +24,7 @@ from gateway.prompt_tokens import TemplateTokens
 from gateway.request_parsing import ParsedRequest
 from gateway.settings import GatewaySettings, SessionConfig
 from gateway.tenancy import tenant_of
+from kvstore import block_key
 from session.errors import InvalidSessionId
 from session.identity import claimed_session
 from session.memory_store import MemorySessionStore
@@ -72,11 +73,15 @@ class SessionTurns:
             tip_candidates=config.tip_candidates,
             secret=config.secret.encode(),
         )
-        return cls(SessionTracker(build_store(config), renderer, tracker_config))
+        return cls(SessionTracker(build_store(config), renderer, block_key, tracker_config))
 
     @property
     def store(self) -> SessionStore:
         return self.tracker.store
+
+    def chain_root(self, headers: Mapping[str, str], model: str) -> bytes:
+        """The root of the request's block keys: the tracker's, so workers name blocks alike."""
+        return block_key.chain_root(self.tracker.config.secret, tenant_of(headers), model)
 
     async def begin(self, req: ParsedRequest, headers: Mapping[str, str]) -> Turn | None:
         """Identify and hash a chat turn; None for requests that carry no messages."""

@@ -67,6 +67,15 @@ class SessionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KVConfig:
+    """How requests' cached KV is loaded (workers that advertise `dualpath_kv` only)."""
+
+    read_path: str = "pe"
+    """`pe` (the prefill's storage NIC) or `de` (the decode's, then the compute network); the
+    default until the scheduler chooses per request."""
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -79,6 +88,7 @@ class GatewaySettings:
     upstream_connections: int = 1024
     """Connection pool size towards the workers."""
     sessions: SessionConfig = field(default_factory=SessionConfig)
+    kv: KVConfig = field(default_factory=KVConfig)
     tokenizer: str = ""
     """The workers' HuggingFace tokenizer.json; empty = the built-in tokenizer."""
     log_level: str = "warning"
@@ -143,10 +153,14 @@ def load_settings(
     port: int | None = None,
     redis_url: str | None = None,
     tokenizer: str | None = None,
+    read_path: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> GatewaySettings:
     """Defaults, then `DUALPATH_*` environment variables, then the CLI's flags."""
     settings = _from_env(GatewaySettings(), os.environ if env is None else env, "DUALPATH_")
+    kv = settings.kv if read_path is None else replace(settings.kv, read_path=read_path)
+    if kv.read_path not in ("pe", "de"):
+        raise ConfigError(f"KV read path must be pe or de, not {kv.read_path!r}")
     sessions = settings.sessions
     if redis_url is not None:
         sessions = replace(sessions, redis_url=redis_url)
@@ -161,4 +175,5 @@ def load_settings(
         port=settings.port if port is None else port,
         tokenizer=settings.tokenizer if tokenizer is None else tokenizer,
         sessions=sessions,
+        kv=kv,
     )

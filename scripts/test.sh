@@ -3,6 +3,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# The Mooncake wheel's extension modules and master link libibverbs.so.1 (even over TCP).
+# No grep -q: with pipefail, an early exit would SIGPIPE ldconfig and read as "missing".
+if ! ldconfig -p | grep 'libibverbs\.so\.1 ' >/dev/null && command -v apt-get >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libibverbs1 >/dev/null
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'

@@ -9,11 +9,23 @@ where the last one ended, and to find where a rewritten history first differs.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 _CHECKPOINT = struct.Struct("<II8s16s")
 CHECKPOINT_BYTES = _CHECKPOINT.size
+
+
+def pack_tokens(tokens: Sequence[int]) -> bytes:
+    """The tip's unfinished block, as little-endian uint32 (the chain hash's own encoding)."""
+    return array("I", tokens).tobytes()
+
+
+def unpack_tokens(raw: bytes) -> list[int]:
+    out = array("I")
+    out.frombytes(raw)
+    return out.tolist()
 
 
 @dataclass(frozen=True, slots=True)

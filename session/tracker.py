@@ -27,14 +27,15 @@ from session.message_digest import (
     message_ends,
     prefix_digests,
 )
-from session.prefix_hash import (
-    DEFAULT_BLOCK_TOKENS,
-    chain_blocks,
-    chain_root,
+from session.record import (
+    ChainTip,
+    Checkpoint,
+    SessionRecord,
+    TurnCommit,
+    TurnFacts,
     pack_tokens,
     unpack_tokens,
 )
-from session.record import ChainTip, Checkpoint, SessionRecord, TurnCommit, TurnFacts
 from session.store import SessionStore
 
 SYSTEM_ROLES = frozenset({"system", "developer"})
@@ -50,9 +51,21 @@ class PromptRenderer(Protocol):
     def generation_prompt_tokens(self) -> list[int]: ...
 
 
+class BlockChain(Protocol):
+    """The block-key chain hash (the gateway wires in `kvstore.block_key`, which the workers use
+    too, so a session's blocks and the store's keys are one name)."""
+
+    def chain_root(self, secret: bytes, tenant: str, model: str) -> bytes: ...
+
+    def chain_blocks(
+        self, parent: bytes, tokens: Sequence[int], block_tokens: int
+    ) -> list[bytes]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class TrackerConfig:
-    block_tokens: int = DEFAULT_BLOCK_TOKENS
+    block_tokens: int = 64
+    """SGLang's page size: the unit of hashing, storing and loading."""
     tip_candidates: int = 8
     """Unnamed turns: how many trailing message boundaries may be where the last turn ended."""
     secret: bytes = b""
@@ -164,16 +177,18 @@ class SessionTracker:
         self,
         store: SessionStore,
         renderer: PromptRenderer,
+        chain: BlockChain,
         config: TrackerConfig | None = None,
         new_id: Callable[[], str] = lambda: "sess_" + uuid.uuid4().hex,
     ) -> None:
         self.store = store
         self._renderer = renderer
+        self._chain = chain
         self.config = config or TrackerConfig()
         self._new_id = new_id
 
     async def begin(self, prompt: Prompt) -> TurnPlan:
-        chain = chain_root(self.config.secret, prompt.tenant, prompt.model)
+        chain = self._chain.chain_root(self.config.secret, prompt.tenant, prompt.model)
         # Message digests are salted like the chain, and cover the tools the prompt starts with.
         seed = chain + (orjson.dumps(list(prompt.tools)) if prompt.tools else b"")
         messages, canonical = prompt.messages, prompt.canonical
@@ -314,7 +329,7 @@ class SessionTracker:
         stream += gen
         base_block = start.tokens // block
         base_tokens = base_block * block
-        blocks = chain_blocks(start.block_hash, stream, block)
+        blocks = self._chain.chain_blocks(start.block_hash, stream, block)
 
         def hash_at(tokens: int) -> bytes:
             count = tokens // block - base_block

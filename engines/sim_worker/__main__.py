@@ -33,6 +33,11 @@ def parse_args(argv: Sequence[str] | None = None) -> SimWorkerConfig:
     p.add_argument("--max-total-tokens", dest="max_total_num_tokens", type=int, default=262144)
     p.add_argument("--time-scale", type=float, default=1.0)
     p.add_argument("--startup-delay", dest="startup_delay_s", type=float, default=0.0)
+    p.add_argument("--kv-store", default=None, help="http://HOST:PORT | mooncake://HOST:PORT")
+    p.add_argument("--kv-scale", type=float, default=256.0)
+    p.add_argument("--kv-segment-bytes", type=int, default=64 << 20)
+    p.add_argument("--snic-gbps", type=float, default=None)
+    p.add_argument("--cnic-gbps", type=float, default=None)
     p.add_argument("--log-level", default="warning")
     return SimWorkerConfig(**vars(p.parse_args(argv)))
 

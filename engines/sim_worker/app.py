@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from engines.engine_model import EngineModel
+from engines.engine_model import GB, EngineModel
 from engines.sim_worker import info
 from engines.sim_worker.config import SimWorkerConfig
 from engines.sim_worker.errors import BadRequest, SimWorkerError
@@ -25,11 +26,13 @@ from engines.sim_worker.inputs import (
     parse_completion,
     parse_generate,
 )
+from engines.sim_worker.kv_io import StagedBlocks, WorkerKV
 from engines.sim_worker.rendezvous import (
     FAKE_BOOTSTRAP_HOST,
     BootstrapServer,
     RoomBoard,
     RoomClient,
+    RoomResult,
     bootstrap_app,
 )
 from engines.sim_worker.responses import error_body, generate_error_body
@@ -37,6 +40,10 @@ from engines.sim_worker.runner import EngineRunner
 from engines.sim_worker.serving import serve_generation
 from engines.sim_worker.worker import SimWorker
 from engines.tokenizer import load_tokenizer
+from kvstore.block import BlockShape
+from kvstore.block_key import chain_root
+from kvstore.open_store import open_store
+from kvstore.wire import encode_values
 
 Parser = Callable[..., ApiRequest]
 _PARSERS: dict[str, Parser] = {
@@ -65,9 +72,40 @@ async def _json_body(request: Request, openai: bool) -> dict[str, Any]:
     return body
 
 
+def _engine_model(config: SimWorkerConfig) -> EngineModel:
+    model = EngineModel.named(config.engine_model)
+    node = model.node
+    if config.snic_gbps is not None:
+        node = dataclasses.replace(node, snic_bytes_per_s=config.snic_gbps * GB)
+    if config.cnic_gbps is not None:
+        node = dataclasses.replace(node, cnic_bytes_per_s=config.cnic_gbps * GB)
+    return EngineModel(model.model, node)
+
+
+async def _worker_kv(
+    config: SimWorkerConfig,
+    model: EngineModel,
+    runner: EngineRunner,
+    client: httpx.AsyncClient,
+    stack: contextlib.AsyncExitStack,
+) -> WorkerKV | None:
+    if not config.kv_store:
+        return None
+    store = await open_store(config.kv_store, segment_bytes=config.kv_segment_bytes)
+    stack.push_async_callback(store.close)
+    shape = BlockShape(config.page_size, model.model.kv_bytes_per_token, config.kv_scale)
+    staging: RoomBoard[StagedBlocks] = RoomBoard(config.stage_timeout_s, config.max_staged_rooms)
+    # Without the gateway's extension a request is keyed as the anonymous tenant's, as the
+    # gateway keys it with its default (empty) secret.
+    root = chain_root(b"", "anonymous", config.served_model_name)
+    kv = WorkerKV(store, shape, runner, root, staging, client)
+    stack.push_async_callback(kv.close)
+    return kv
+
+
 def create_app(config: SimWorkerConfig) -> FastAPI:
     """The worker's app; its engine, caches and bootstrap server live while the app runs."""
-    engine_model = EngineModel.named(config.engine_model)
+    engine_model = _engine_model(config)
     tokenizer = load_tokenizer(config.tokenizer_path)
     context_length = engine_model.model.context_length
 
@@ -79,13 +117,12 @@ def create_app(config: SimWorkerConfig) -> FastAPI:
             max_running=config.max_running_requests,
             max_total_tokens=config.max_total_num_tokens,
         )
-        board = RoomBoard(config.bootstrap_timeout_s, config.max_rooms)
+        board: RoomBoard[RoomResult] = RoomBoard(config.bootstrap_timeout_s, config.max_rooms)
         async with contextlib.AsyncExitStack() as stack:
-            rooms = None
-            if config.role == "decode":
-                client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
-                await stack.enter_async_context(client)
-                rooms = RoomClient(client)
+            client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
+            await stack.enter_async_context(client)
+            rooms = RoomClient(client) if config.role == "decode" else None
+            kv = await _worker_kv(config, engine_model, runner, client, stack)
             if config.role == "prefill":
                 server = BootstrapServer(
                     bootstrap_app(
@@ -101,7 +138,7 @@ def create_app(config: SimWorkerConfig) -> FastAPI:
                 stack.push_async_callback(server.stop)
             runner.start()
             stack.push_async_callback(runner.stop)
-            app.state.worker = SimWorker(config, tokenizer, runner, board, rooms)
+            app.state.worker = SimWorker(config, tokenizer, runner, board, rooms, kv)
             app.state.ready_at = time.monotonic() + config.startup_delay_s
             app.state.started = time.time()
             yield
@@ -218,6 +255,17 @@ def create_app(config: SimWorkerConfig) -> FastAPI:
     async def aborted(request: Request) -> dict[str, Any]:
         """Sim-only: rids this worker aborted, newest last (bounded)."""
         return {"aborted_rids": list(_worker(request).aborted_rids)}
+
+    @app.get("/dualpath/stage/{room}")
+    async def staged(
+        request: Request, room: int, wait: float = Query(0.0, alias="timeout")
+    ) -> Response:
+        """Sim-only, read path `de`: the blocks this decode staged for a room's prefill."""
+        kv = _worker(request).kv
+        blocks = await kv.staging.collect(room, max(wait, 0.0)) if kv else None
+        if blocks is None:
+            return JSONResponse({"error": f"nothing staged for room {room}"}, 404)
+        return Response(encode_values(blocks), media_type="application/octet-stream")
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -44,6 +44,21 @@ class SimWorkerConfig:
     """Models warm-up: /health and /health_generate answer 503 this long after start."""
     max_rooms: int = 65536
     """Bound on room results a prefill keeps for decodes that have not collected them yet."""
+    kv_store: str | None = None
+    """Where the node's KV blocks live: `http://host:port` (a `kvstore.store_server`, the
+    embedded store shared by one `dualpath up`), `mooncake://host:port` (a Mooncake master),
+    `memory` (in this process only) or None (no store: the local prefix cache only)."""
+    kv_scale: float = 256.0
+    """Stored block bytes = modelled bytes / kv_scale (time is modelled on the full size)."""
+    kv_segment_bytes: int = 64 << 20
+    """Mooncake: the memory this worker contributes to the store (its node's segment)."""
+    snic_gbps: float | None = None
+    """Storage NIC bandwidth in GB/s; None: the engine model's node default."""
+    cnic_gbps: float | None = None
+    """Compute NIC bandwidth in GB/s; None: the engine model's node default."""
+    stage_timeout_s: float = 30.0
+    """Read path `de`: how long staged blocks wait for the prefill, and it for them."""
+    max_staged_rooms: int = 1024
     log_level: str = "warning"
 
     def __post_init__(self) -> None:
@@ -53,6 +68,10 @@ class SimWorkerConfig:
             raise ValueError("page_size must be positive")
         if self.time_scale < 0:
             raise ValueError("time_scale must not be negative")
+        if self.kv_scale < 1:
+            raise ValueError("kv_scale must be at least 1")
+        if any(b is not None and b <= 0 for b in (self.snic_gbps, self.cnic_gbps)):
+            raise ValueError("NIC bandwidths must be positive")
         if not 1 <= self.min_natural_tokens <= self.max_natural_tokens:
             raise ValueError("need 1 <= min_natural_tokens <= max_natural_tokens")
 

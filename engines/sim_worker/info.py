@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import time
 from typing import Any
 
 from engines.sim_worker.config import SimWorkerConfig
+from engines.sim_worker.inputs import READ_PATHS
 from engines.sim_worker.worker import SimWorker
 
 VERSION = "0.5.5-dualpath-sim"
@@ -48,6 +50,38 @@ def server_info(config: SimWorkerConfig, worker: SimWorker, context_length: int)
         "version": VERSION,
         "dualpath_sim": True,
         "dualpath_time_scale": config.time_scale,
+        "dualpath_kv": _kv_info(worker),
+    }
+
+
+def _kv_info(worker: SimWorker) -> dict[str, Any] | None:
+    """What the gateway needs to send the `dualpath` extension; None: no KV store here."""
+    kv = worker.kv
+    if kv is None:
+        return None
+    node = worker.runner.links
+    return {
+        "read_paths": list(READ_PATHS),
+        "store": kv.store.name,
+        "block_tokens": kv.block_tokens,
+        "kv_bytes_per_token": kv.shape.kv_bytes_per_token,
+        "kv_scale": kv.shape.scale,
+        "snic_bytes_per_s": node.snic.bytes_per_s,
+        "cnic_bytes_per_s": node.cnic.bytes_per_s,
+    }
+
+
+def _kv_load(worker: SimWorker) -> dict[str, Any]:
+    """The node's link queues and what its KV I/O did (counters since start)."""
+    links = worker.runner.links
+    kv = worker.kv
+    return {
+        "read_q_bytes": links.snic.queued_bytes,
+        "read_q_transfers": links.snic.num_queued,
+        "cnic_q_bytes": links.cnic.queued_bytes,
+        "snic_moved_bytes": links.snic.moved_bytes,
+        "cnic_moved_bytes": links.cnic.moved_bytes,
+        "kv": dataclasses.asdict(kv.counters) if kv is not None else None,
     }
 
 
@@ -125,6 +159,7 @@ def _rank_load(worker: SimWorker) -> dict[str, Any]:
             "kv_transfer_latency_ms": 0.0,
         },
         "queues": {"waiting": load.num_waiting_reqs, "grammar": 0, "paused": 0, "retracted": 0},
+        "dualpath": _kv_load(worker),
     }
 
 

@@ -26,6 +26,51 @@ class Bootstrap:
     room: int
 
 
+READ_PATHS = ("pe", "de")
+
+
+@dataclass(frozen=True, slots=True)
+class KVDirective:
+    """The gateway's `dualpath` extension field: how this request's cached KV is loaded.
+
+    Sent only to workers whose /server_info advertises `dualpath_kv`; stock SGLang never sees it.
+    """
+
+    root: bytes | None = None
+    """Chain root of the block keys (salted per tenant and model); None: the worker's default."""
+    read_path: str = "pe"
+    """`pe`: the prefill reads the hit blocks through its own storage NIC; `de`: the decode reads
+    them through its storage NIC and stages them, and the prefill pulls them over the compute
+    network from `stager`."""
+    stager: str | None = None
+    """Base URL of the decode worker that stages the blocks (read path `de`)."""
+    expected_hit_tokens: int | None = None
+    """What the gateway expects to be cached: a shortfall is counted as recomputed tokens."""
+
+
+def parse_kv_directive(body: Mapping[str, Any]) -> KVDirective | None:
+    ext = body.get("dualpath")
+    if ext is None:
+        return None
+    if not isinstance(ext, Mapping):
+        raise BadRequest("'dualpath' must be an object")
+    root = ext.get("kv_root")
+    try:
+        root_bytes = bytes.fromhex(root) if root is not None else None
+    except (TypeError, ValueError):
+        root_bytes = b""
+    if root_bytes is not None and len(root_bytes) != 16:
+        raise BadRequest("'dualpath.kv_root' must be 32 hex digits")
+    path = ext.get("read_path", "pe")
+    if path not in READ_PATHS:
+        raise BadRequest(f"'dualpath.read_path' must be one of {READ_PATHS}")
+    stager = ext.get("stager")
+    if path == "de" and (not isinstance(stager, str) or not stager.startswith("http")):
+        raise BadRequest("'dualpath.stager' must be the decode worker's URL for read path 'de'")
+    expected = _opt_int(ext, "expected_hit_tokens")
+    return KVDirective(root_bytes, path, stager, expected)
+
+
 @dataclass(frozen=True, slots=True)
 class GenRequest:
     rid: str
@@ -37,6 +82,7 @@ class GenRequest:
     tool: Mapping[str, Any] | None = None
     bootstrap: Bootstrap | None = None
     """None for role null, or a PD request without bootstrap fields (rejected by PD roles)."""
+    kv: KVDirective | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +171,7 @@ def parse_generate(
         prompts = [_token_list(x, "input_ids") for x in (input_ids if batch else [input_ids])]
     else:
         raise BadRequest("Either text or input_ids should be provided.")
+    kv = parse_kv_directive(body)
     items: list[GenRequest] = []
     for i, prompt in enumerate(prompts):
         params = _pick(body.get("sampling_params") or {}, i) or {}
@@ -143,6 +190,7 @@ def parse_generate(
                 ignore_eos=bool(params.get("ignore_eos", False)),
                 seed=_opt_int(params, "sampling_seed"),
                 bootstrap=_bootstrap(body, i, config),
+                kv=kv,
             )
         )
     return ApiRequest(tuple(items), stream=bool(body.get("stream")), batch=batch)
@@ -188,6 +236,7 @@ def parse_chat(
         seed=_opt_int(body, "seed"),
         tool=choose_tool(body),
         bootstrap=_bootstrap(body, 0, config),
+        kv=parse_kv_directive(body),
     )
     model = str(body.get("model") or "default")
     return ApiRequest((item,), bool(body.get("stream")), model=model, include_usage=include_usage)
@@ -215,6 +264,7 @@ def parse_completion(
         ignore_eos=bool(body.get("ignore_eos", False)),
         seed=_opt_int(body, "seed"),
         bootstrap=_bootstrap(body, 0, config),
+        kv=parse_kv_directive(body),
     )
     model = str(body.get("model") or "default")
     return ApiRequest((item,), bool(body.get("stream")), model=model, include_usage=include_usage)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -24,6 +26,10 @@ class LoadSnapshot:
     prefill_inflight_queue_reqs: int
     decode_prealloc_queue_reqs: int
     decode_transfer_queue_reqs: int
+    read_q_bytes: float = 0.0
+    """Modelled bytes queued on the node's storage NIC (the paper's read_q)."""
+    cnic_q_bytes: float = 0.0
+    """Modelled bytes queued on the node's compute NIC."""
 
     @property
     def token_usage(self) -> float:
@@ -45,6 +51,28 @@ _GAUGES: dict[str, str] = {
 }
 
 
+_LINK_GAUGES: dict[str, str] = {
+    "read_q_bytes": "Modelled bytes queued on the node's storage NIC",
+    "cnic_q_bytes": "Modelled bytes queued on the node's compute NIC",
+}
+
+
+class _KVCounters(Collector):
+    """`dualpath:kv_*_total` counters read from the worker's KV I/O counters at scrape time."""
+
+    def __init__(self, read: Callable[[], Mapping[str, float]], labels: dict[str, str]) -> None:
+        self._read = read
+        self._labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in self._read().items():
+            family = CounterMetricFamily(
+                f"dualpath:kv_{name}", f"KV I/O: {name.replace('_', ' ')}", labels=self._labels
+            )
+            family.add_metric(list(self._labels.values()), value)
+            yield family
+
+
 def _reader(load: Callable[[], LoadSnapshot], name: str) -> Callable[[], float]:
     field = {
         "num_queue_reqs": "num_waiting_reqs",
@@ -57,7 +85,13 @@ def _reader(load: Callable[[], LoadSnapshot], name: str) -> Callable[[], float]:
 
 
 class SimMetrics:
-    def __init__(self, model_name: str, engine_type: str, load: Callable[[], LoadSnapshot]) -> None:
+    def __init__(
+        self,
+        model_name: str,
+        engine_type: str,
+        load: Callable[[], LoadSnapshot],
+        kv_counters: Callable[[], Mapping[str, float]] = dict,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = {"model_name": model_name, "engine_type": engine_type}
         names = list(labels)
@@ -80,6 +114,10 @@ class SimMetrics:
         for name, doc in _GAUGES.items():
             gauge = Gauge(f"sglang:{name}", doc, names, registry=self.registry)
             gauge.labels(**labels).set_function(_reader(load, name))
+        for name, doc in _LINK_GAUGES.items():
+            gauge = Gauge(f"dualpath:{name}", doc, names, registry=self.registry)
+            gauge.labels(**labels).set_function(_reader(load, name))
+        self.registry.register(_KVCounters(kv_counters, labels))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

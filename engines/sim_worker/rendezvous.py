@@ -14,11 +14,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Generic, TypeVar
 
 import httpx
 from aiohttp import web
 
 from engines.sim_worker.errors import RendezvousError
+
+T = TypeVar("T")
 
 FAKE_BOOTSTRAP_HOST = "2.2.2.2"
 """SGLang's marker for a fake KV transfer (warm-up and health probes)."""
@@ -34,8 +37,12 @@ class RoomResult:
     """Set when the prefill failed or was aborted: the decode aborts too."""
 
 
-class RoomBoard:
-    """Prefill side: results by room, kept `ttl_s` for a decode to collect, at most `max_rooms`."""
+class RoomBoard(Generic[T]):
+    """Values by room, kept `ttl_s` for one peer to collect, at most `max_rooms`.
+
+    The prefill publishes each room's `RoomResult` for its decode; a decode that read KV for the
+    prefill (read path `de`) publishes the staged blocks for its prefill.
+    """
 
     def __init__(
         self, ttl_s: float, max_rooms: int, clock: Callable[[], float] = time.monotonic
@@ -43,33 +50,33 @@ class RoomBoard:
         self._ttl_s = ttl_s
         self._max_rooms = max_rooms
         self._clock = clock
-        self._results: OrderedDict[int, tuple[RoomResult, float]] = OrderedDict()
-        self._waiters: dict[int, list[asyncio.Future[RoomResult]]] = {}
+        self._results: OrderedDict[int, tuple[T, float]] = OrderedDict()
+        self._waiters: dict[int, list[asyncio.Future[T]]] = {}
 
     def __len__(self) -> int:
         return len(self._results)
 
-    def publish(self, result: RoomResult) -> None:
-        waiters = self._waiters.pop(result.room, [])
+    def publish(self, room: int, value: T) -> None:
+        waiters = self._waiters.pop(room, [])
         live = [w for w in waiters if not w.done()]
         if live:
-            live[0].set_result(result)  # one decode per room; later pollers would be duplicates
+            live[0].set_result(value)  # one peer per room; later pollers would be duplicates
             return
         now = self._clock()
-        self._results[result.room] = (result, now + self._ttl_s)
-        self._results.move_to_end(result.room)
+        self._results[room] = (value, now + self._ttl_s)
+        self._results.move_to_end(room)
         while self._results:
             _, (_, expires) = next(iter(self._results.items()))
             if expires > now and len(self._results) <= self._max_rooms:
                 break
             self._results.popitem(last=False)
 
-    async def collect(self, room: int, timeout_s: float) -> RoomResult | None:
-        """The room's result, waiting up to `timeout_s` for it to be published; None on timeout."""
+    async def collect(self, room: int, timeout_s: float) -> T | None:
+        """The room's value, waiting up to `timeout_s` for it to be published; None on timeout."""
         kept = self._results.pop(room, None)
         if kept is not None and kept[1] > self._clock():
             return kept[0]
-        fut: asyncio.Future[RoomResult] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(room, []).append(fut)
         try:
             return await asyncio.wait_for(fut, timeout_s)
@@ -84,7 +91,9 @@ class RoomBoard:
                     del self._waiters[room]
 
 
-def bootstrap_app(board: RoomBoard, *, host: str, port: int, page_size: int) -> web.Application:
+def bootstrap_app(
+    board: RoomBoard[RoomResult], *, host: str, port: int, page_size: int
+) -> web.Application:
     """SGLang's bootstrap routes (health, layout) plus the sim's room long-poll."""
 
     async def health(_: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from engines.engine_core import (
     TokenEmitted,
 )
 from engines.engine_model import EngineModel
+from engines.node_links import LinkQueue, NodeLinks, Transfer
 from engines.sim_worker.errors import QueueFull, RequestAborted
 
 
@@ -31,14 +32,18 @@ class EngineRunner:
         time_scale: float,
         max_running: int,
         max_total_tokens: int,
+        links: NodeLinks | None = None,
     ) -> None:
         self.time_scale = time_scale
+        self.links = links or NodeLinks.of(model.node)
         self.prefill_queue = PrefillQueue(model)
         self.decode_batch = DecodeBatch(
             model, max_running=max_running, max_total_tokens=max_total_tokens
         )
         self._prefill_done: dict[str, asyncio.Future[None]] = {}
         self._decode_out: dict[str, asyncio.Queue[TokenEmitted | None]] = {}
+        self._moved: dict[str, asyncio.Future[None]] = {}
+        self._link_wake = {link.name: asyncio.Event() for link in self._link_queues}
         self._prefill_wake = asyncio.Event()
         self._decode_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -49,6 +54,10 @@ class EngineRunner:
         self._tasks = [
             asyncio.create_task(self._prefill_loop(), name="sim-prefill"),
             asyncio.create_task(self._decode_loop(), name="sim-decode"),
+            *(
+                asyncio.create_task(self._link_loop(link), name=f"sim-{link.name}")
+                for link in self._link_queues
+            ),
         ]
 
     async def stop(self) -> None:
@@ -71,6 +80,26 @@ class EngineRunner:
         finally:
             self._prefill_done.pop(rid, None)
             self.prefill_queue.abort(rid)  # no-op unless we were cancelled while waiting
+
+    @property
+    def _link_queues(self) -> tuple[LinkQueue, LinkQueue]:
+        return (self.links.snic, self.links.cnic)
+
+    async def transfer(self, link: LinkQueue, tid: str, nbytes: float) -> None:
+        """Queue `nbytes` (modelled) on one of this node's links and return once they moved."""
+        if nbytes <= 0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not link.add(Transfer(tid, nbytes)):
+            raise QueueFull(f"{link.name} queue is full")
+        key = f"{link.name}/{tid}"
+        self._moved[key] = fut
+        self._link_wake[link.name].set()
+        try:
+            await fut
+        finally:
+            self._moved.pop(key, None)
+            link.abort(tid)  # no-op unless we were cancelled while waiting
 
     async def decode(
         self, rid: str, context_tokens: int, max_new_tokens: int
@@ -121,6 +150,20 @@ class EngineRunner:
             await self._sleep(step.duration_s)
             queue.finish_step(step)
             fut = self._prefill_done.get(step.job.rid)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    async def _link_loop(self, link: LinkQueue) -> None:
+        wake = self._link_wake[link.name]
+        while True:
+            step = link.next_step()
+            if step is None:
+                wake.clear()
+                await wake.wait()
+                continue
+            await self._sleep(step.duration_s)
+            link.finish_step(step)
+            fut = self._moved.get(f"{link.name}/{step.transfer.tid}")
             if fut is not None and not fut.done():
                 fut.set_result(None)
 

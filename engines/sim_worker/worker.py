@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable
@@ -20,6 +21,7 @@ from engines.sim_worker.config import SimWorkerConfig
 from engines.sim_worker.errors import BadRequest, RequestAborted, SimWorkerError
 from engines.sim_worker.generation import EOS_TOKEN_ID, Plan, plan_answer, request_seed
 from engines.sim_worker.inputs import GenRequest
+from engines.sim_worker.kv_io import DecodeBlockWriter, WorkerKV
 from engines.sim_worker.metrics import LoadSnapshot, SimMetrics
 from engines.sim_worker.prefix_cache import PrefixCache
 from engines.sim_worker.rendezvous import FAKE_BOOTSTRAP_HOST, RoomBoard, RoomClient, RoomResult
@@ -57,16 +59,21 @@ class SimWorker:
         config: SimWorkerConfig,
         tokenizer: Tokenizer,
         runner: EngineRunner,
-        board: RoomBoard,
+        board: RoomBoard[RoomResult],
         rooms: RoomClient | None,
+        kv: WorkerKV | None = None,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.runner = runner
         self.board = board
         self.rooms = rooms
+        self.kv = kv
+        """The KV store the node loads hits from; None: only the local prefix cache."""
         self.cache = PrefixCache(config.page_size, config.cache_pages)
-        self.metrics = SimMetrics(config.served_model_name, _engine_type(config.role), self.load)
+        self.metrics = SimMetrics(
+            config.served_model_name, _engine_type(config.role), self.load, self._kv_counters
+        )
         self.aborted_rids: deque[str] = deque(maxlen=1024)
         self._active: dict[str, _Active] = {}
         self._transfer_waiting = 0
@@ -100,7 +107,12 @@ class SimWorker:
             prefill_inflight_queue_reqs=len(self.board) if self.config.role == "prefill" else 0,
             decode_prealloc_queue_reqs=0,
             decode_transfer_queue_reqs=self._transfer_waiting,
+            read_q_bytes=r.links.snic.queued_bytes,
+            cnic_q_bytes=r.links.cnic.queued_bytes,
         )
+
+    def _kv_counters(self) -> dict[str, float]:
+        return dataclasses.asdict(self.kv.counters) if self.kv is not None else {}
 
     @property
     def num_active(self) -> int:
@@ -178,13 +190,12 @@ class SimWorker:
         )
         state.tool_call_id = plan.tool_call.call_id if plan.tool_call else None
         state.tool_name = plan.tool_call.name if plan.tool_call else None
+        keys = self.kv.keys(req.kv and req.kv.root, req.prompt_ids) if self.kv else []
         if cfg.role == "decode":
             assert bs is not None
-            first, state.cached_tokens = await self._collect(
-                bs.host, bs.port, bs.room, plan, active
-            )
+            first, state.cached_tokens = await self._decode_side_kv(req, keys, plan, active)
         else:
-            first = await self._prefill(req, state, active, plan)
+            first = await self._prefill(req, state, active, plan, keys)
             if cfg.role == "prefill":
                 self._emit(state, plan, 0, first)
                 self.metrics.ttft.observe(time.monotonic() - state.started)
@@ -192,31 +203,91 @@ class SimWorker:
                 self._finish(state)
                 yield state
                 return
-        async for st in self._decode(req, state, plan, first):
-            yield st
+        writer = self.kv.writer(req.kv and req.kv.root, keys, req.prompt_ids) if self.kv else None
+        try:
+            async for st in self._decode(req, state, plan, first, writer):
+                yield st
+        finally:
+            if writer is not None:
+                writer.cancel()
 
-    async def _prefill(self, req: GenRequest, state: ReqState, active: _Active, plan: Plan) -> int:
+    async def _prefill(
+        self, req: GenRequest, state: ReqState, active: _Active, plan: Plan, keys: list[bytes]
+    ) -> int:
         bs = req.bootstrap
         publish = (
             self.config.role == "prefill" and bs is not None and bs.host != FAKE_BOOTSTRAP_HOST
         )
         try:
-            cached = self.cache.match(req.prompt_ids)
+            cached = await self._until_aborted(active, self._load(req, keys))
             state.cached_tokens = cached
             await self._until_aborted(
                 active, self.runner.prefill(req.rid, len(req.prompt_ids) - cached, cached)
             )
+            if self.kv is not None:  # write-through, so the next turn finds this one's blocks
+                await self._until_aborted(
+                    active, self.kv.persist(keys, cached // self.config.page_size)
+                )
         except SimWorkerError as exc:
             if publish:  # tell the waiting decode at once rather than after its timeout
                 assert bs is not None
-                self.board.publish(RoomResult(bs.room, -1, len(req.prompt_ids), 0, exc.message))
+                self.board.publish(
+                    bs.room, RoomResult(bs.room, -1, len(req.prompt_ids), 0, exc.message)
+                )
             raise
-        self.cache.insert(req.prompt_ids)
+        if self.kv is None:
+            self.cache.insert(req.prompt_ids)
         first = plan.token_ids[0]
         if publish:
             assert bs is not None
-            self.board.publish(RoomResult(bs.room, first, len(req.prompt_ids), cached))
+            self.board.publish(bs.room, RoomResult(bs.room, first, len(req.prompt_ids), cached))
         return first
+
+    async def _load(self, req: GenRequest, keys: list[bytes]) -> int:
+        """Cached tokens of the prompt: read from the KV store along the request's read path, or
+        matched in the local prefix cache when the worker has no store."""
+        kv = self.kv
+        if kv is None:
+            return self.cache.match(req.prompt_ids)
+        usable = kv.usable(keys, len(req.prompt_ids))
+        bs, d = req.bootstrap, req.kv
+        if d is not None and d.read_path == "de" and d.stager and bs is not None:
+            blocks = await kv.receive(
+                req.rid, d.stager, bs.room, usable, self.config.stage_timeout_s
+            )
+        else:
+            blocks = await kv.read(req.rid, usable)
+        cached = len(blocks) * self.config.page_size
+        kv.note_expected(d.expected_hit_tokens if d else None, cached)
+        return cached
+
+    async def _decode_side_kv(
+        self, req: GenRequest, keys: list[bytes], plan: Plan, active: _Active
+    ) -> tuple[int, int]:
+        """The decode's half of the KV: on read path `de` read and stage the hit blocks while
+        waiting for the prefill; then receive the KV it does not hold over the compute network."""
+        bs, kv, d = req.bootstrap, self.kv, req.kv
+        assert bs is not None
+        staging: asyncio.Future[int] | None = None
+        if kv is not None and d is not None and d.read_path == "de":
+            usable = kv.usable(keys, len(req.prompt_ids))
+            staging = asyncio.ensure_future(kv.stage(req.rid, bs.room, usable))
+        try:
+            first, cached = await self._collect(bs.host, bs.port, bs.room, plan, active)
+            held = await staging if staging is not None else 0
+        finally:
+            if staging is not None and not staging.done():
+                staging.cancel()
+        if kv is not None and bs.host != FAKE_BOOTSTRAP_HOST:
+            # The prefill hands over the KV this node does not hold yet.
+            tokens = len(req.prompt_ids) - held * self.config.page_size
+            await self._until_aborted(
+                active,
+                self.runner.transfer(
+                    self.runner.links.cnic, req.rid, kv.shape.kv_bytes_per_token * tokens
+                ),
+            )
+        return first, cached
 
     async def _collect(
         self, host: str, port: int, room: int, plan: Plan, active: _Active
@@ -233,7 +304,12 @@ class SimWorker:
         return result.first_token_id, result.cached_tokens
 
     async def _decode(
-        self, req: GenRequest, state: ReqState, plan: Plan, first: int
+        self,
+        req: GenRequest,
+        state: ReqState,
+        plan: Plan,
+        first: int,
+        writer: DecodeBlockWriter | None,
     ) -> AsyncIterator[ReqState]:
         natural = len(plan.token_ids)
         total = req.max_new_tokens if req.ignore_eos else min(req.max_new_tokens, natural)
@@ -243,9 +319,11 @@ class SimWorker:
             self._finish(state)
             yield state
             return
-        self._emit(state, plan, 0, first)
+        self._emit(state, plan, 0, first, writer)
         self.metrics.ttft.observe(time.monotonic() - state.started)
         if self._check_end(req, state, 1, total, natural_end):
+            if writer is not None:
+                await writer.flush()
             yield state
             return
         yield state
@@ -253,14 +331,26 @@ class SimWorker:
         async with contextlib.aclosing(tokens):  # closing it gives the batch slot back
             async for tok in tokens:
                 index = tok.index + 1
-                self._emit(state, plan, index, plan.token_ids[index % natural])
+                self._emit(state, plan, index, plan.token_ids[index % natural], writer)
                 ended = self._check_end(req, state, index + 1, total, natural_end)
+                if ended and writer is not None:
+                    # The blocks are stored before the stream ends, so the next turn finds them.
+                    await writer.flush()
                 yield state
                 if ended:
                     return
 
-    def _emit(self, state: ReqState, plan: Plan, index: int, token_id: int) -> None:
+    def _emit(
+        self,
+        state: ReqState,
+        plan: Plan,
+        index: int,
+        token_id: int,
+        writer: DecodeBlockWriter | None = None,
+    ) -> None:
         state.output_ids.append(token_id)
+        if writer is not None:
+            writer.add(token_id)
         if plan.tool_call is not None:
             pieces = plan.tool_call.pieces
             state.tool_arguments += pieces[index] if index < len(pieces) else ""

@@ -100,18 +100,18 @@ def test_no_tool_call_when_not_wanted(change: dict[str, object]) -> None:
 
 
 async def test_room_board_hands_a_result_to_an_early_or_late_collector() -> None:
-    board = RoomBoard(ttl_s=60, max_rooms=2)
+    board: RoomBoard[RoomResult] = RoomBoard(ttl_s=60, max_rooms=2)
     waiter = asyncio.create_task(board.collect(1, timeout_s=5))
     await asyncio.sleep(0)  # let the waiter register
-    board.publish(RoomResult(1, 5, 10, 0))
+    board.publish(1, RoomResult(1, 5, 10, 0))
     assert (await waiter) == RoomResult(1, 5, 10, 0)
-    board.publish(RoomResult(2, 6, 10, 4))
+    board.publish(2, RoomResult(2, 6, 10, 4))
     assert await board.collect(2, timeout_s=0) == RoomResult(2, 6, 10, 4)
     assert await board.collect(3, timeout_s=0.01) is None
 
 
 def test_room_board_is_bounded() -> None:
-    board = RoomBoard(ttl_s=60, max_rooms=2)
+    board: RoomBoard[RoomResult] = RoomBoard(ttl_s=60, max_rooms=2)
     for room in range(5):
-        board.publish(RoomResult(room, 1, 1, 0))
+        board.publish(room, RoomResult(room, 1, 1, 0))
     assert len(board) == 2

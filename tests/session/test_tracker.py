@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from engines.chat_template import render_chat
 from engines.tokenizer import WordPieceTokenizer
 from gateway.prompt_tokens import TemplateTokens
+from kvstore import block_key
 from session.identity import ClaimedSession
 from session.memory_store import MemorySessionStore
 from session.tracker import Prompt, SessionTracker, TurnOutcome, TurnPlan
@@ -40,7 +41,9 @@ def text(seed: int, words: int) -> str:
 
 def tracker() -> SessionTracker:
     ids = itertools.count()
-    return SessionTracker(MemorySessionStore(), CountingTokens(), new_id=lambda: f"s{next(ids)}")
+    return SessionTracker(
+        MemorySessionStore(), CountingTokens(), block_key, new_id=lambda: f"s{next(ids)}"
+    )
 
 
 def prompt(messages: Sequence[Mapping[str, Any]], **kw: Any) -> Prompt:
