@@ -7,7 +7,9 @@ import asyncio
 import orjson
 import pytest
 
+from engines.sim_worker.errors import BadRequest
 from engines.sim_worker.generation import choose_tool, plan_answer, request_seed
+from engines.sim_worker.inputs import KVDirective, parse_kv_directive
 from engines.sim_worker.prefix_cache import PrefixCache
 from engines.sim_worker.rendezvous import RoomBoard, RoomResult
 from engines.tokenizer import WordPieceTokenizer
@@ -115,3 +117,27 @@ def test_room_board_is_bounded() -> None:
     for room in range(5):
         board.publish(room, RoomResult(room, 1, 1, 0))
     assert len(board) == 2
+
+
+@pytest.mark.parametrize(
+    ("ext", "message"),
+    [
+        ("pe", "'dualpath' must be an object"),
+        ({"kv_root": "abc"}, "32 hex digits"),
+        ({"kv_root": "zz" * 16}, "32 hex digits"),
+        ({"read_path": "split"}, "read_path"),
+        ({"read_path": "de"}, "stager"),
+        ({"expected_hit_tokens": "64"}, "expected_hit_tokens"),
+    ],
+)
+def test_a_bad_kv_extension_is_a_400(ext: object, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        parse_kv_directive({"dualpath": ext})
+
+
+def test_the_kv_extension_parses() -> None:
+    assert parse_kv_directive({}) is None
+    d = parse_kv_directive(
+        {"dualpath": {"kv_root": "ab" * 16, "read_path": "de", "stager": "http://d:1"}}
+    )
+    assert d == KVDirective(bytes.fromhex("ab" * 16), "de", "http://d:1", None)
