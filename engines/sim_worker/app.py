@@ -94,7 +94,12 @@ async def _worker_kv(
     store = await open_store(config.kv_store, segment_bytes=config.kv_segment_bytes)
     stack.push_async_callback(store.close)
     shape = BlockShape(config.page_size, model.model.kv_bytes_per_token, config.kv_scale)
-    staging: RoomBoard[StagedBlocks] = RoomBoard(config.stage_timeout_s, config.max_staged_rooms)
+    staging: RoomBoard[StagedBlocks] = RoomBoard(
+        config.stage_timeout_s,
+        config.max_staged_rooms,
+        weigh=lambda blocks: sum(len(b) for b in blocks),
+        max_bytes=config.max_staged_bytes,
+    )
     # Without the gateway's extension a request is keyed as the anonymous tenant's, as the
     # gateway keys it with its default (empty) secret.
     root = chain_root(b"", "anonymous", config.served_model_name)

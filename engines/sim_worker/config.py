@@ -59,6 +59,8 @@ class SimWorkerConfig:
     stage_timeout_s: float = 30.0
     """Read path `de`: how long staged blocks wait for the prefill, and it for them."""
     max_staged_rooms: int = 1024
+    max_staged_bytes: int = 256 << 20
+    """Bounds on blocks staged for prefills that have not pulled them yet (oldest dropped)."""
     log_level: str = "warning"
 
     def __post_init__(self) -> None:

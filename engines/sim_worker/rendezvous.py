@@ -38,18 +38,28 @@ class RoomResult:
 
 
 class RoomBoard(Generic[T]):
-    """Values by room, kept `ttl_s` for one peer to collect, at most `max_rooms`.
+    """Values by room, kept `ttl_s` for one peer to collect, at most `max_rooms` of them and at
+    most `max_bytes` by `weigh` (oldest dropped first).
 
     The prefill publishes each room's `RoomResult` for its decode; a decode that read KV for the
     prefill (read path `de`) publishes the staged blocks for its prefill.
     """
 
     def __init__(
-        self, ttl_s: float, max_rooms: int, clock: Callable[[], float] = time.monotonic
+        self,
+        ttl_s: float,
+        max_rooms: int,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        weigh: Callable[[T], int] = lambda _: 0,
+        max_bytes: int = 0,
     ) -> None:
         self._ttl_s = ttl_s
         self._max_rooms = max_rooms
         self._clock = clock
+        self._weigh = weigh
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._results: OrderedDict[int, tuple[T, float]] = OrderedDict()
         self._waiters: dict[int, list[asyncio.Future[T]]] = {}
 
@@ -63,17 +73,27 @@ class RoomBoard(Generic[T]):
             live[0].set_result(value)  # one peer per room; later pollers would be duplicates
             return
         now = self._clock()
+        self._drop(room)
         self._results[room] = (value, now + self._ttl_s)
-        self._results.move_to_end(room)
+        self._bytes += self._weigh(value)
         while self._results:
-            _, (_, expires) = next(iter(self._results.items()))
-            if expires > now and len(self._results) <= self._max_rooms:
+            oldest, (_, expires) = next(iter(self._results.items()))
+            over = len(self._results) > self._max_rooms or (
+                self._max_bytes and self._bytes > self._max_bytes
+            )
+            if expires > now and not over:
                 break
-            self._results.popitem(last=False)
+            self._drop(oldest)
+
+    def _drop(self, room: int) -> tuple[T, float] | None:
+        kept = self._results.pop(room, None)
+        if kept is not None:
+            self._bytes -= self._weigh(kept[0])
+        return kept
 
     async def collect(self, room: int, timeout_s: float) -> T | None:
         """The room's value, waiting up to `timeout_s` for it to be published; None on timeout."""
-        kept = self._results.pop(room, None)
+        kept = self._drop(room)
         if kept is not None and kept[1] > self._clock():
             return kept[0]
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()

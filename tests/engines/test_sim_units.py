@@ -141,3 +141,16 @@ def test_the_kv_extension_parses() -> None:
         {"dualpath": {"kv_root": "ab" * 16, "read_path": "de", "stager": "http://d:1"}}
     )
     assert d == KVDirective(bytes.fromhex("ab" * 16), "de", "http://d:1", None)
+
+
+def test_room_board_drops_the_oldest_past_its_byte_bound() -> None:
+    board: RoomBoard[bytes] = RoomBoard(ttl_s=60, max_rooms=10, weigh=len, max_bytes=10)
+    board.publish(1, b"aaaa")
+    board.publish(2, b"bbbb")
+    board.publish(3, b"cccc")  # 12 bytes: room 1 goes
+    assert len(board) == 2
+
+    async def collect() -> list[bytes | None]:
+        return [await board.collect(r, 0) for r in (1, 2, 3)]
+
+    assert asyncio.run(collect()) == [None, b"bbbb", b"cccc"]
