@@ -113,9 +113,10 @@ class Cluster:
         if p.kv == "mooncake":
             from kvstore.mooncake_master import mooncake_master_command
 
-            cmd = mooncake_master_command(port, host=p.host)
+            metrics = free_port(p.host)
+            cmd = mooncake_master_command(port, metrics_port=metrics, host=p.host)
             self.children.append(Child("mooncake-master", cmd, f"tcp://{p.host}:{port}", 0))
-            return f"mooncake://{p.host}:{port}"
+            return f"mooncake://{p.host}:{port}?metrics={p.host}:{metrics}"
         if p.kv != "embedded":
             raise ConfigError(
                 f"unknown KV store {p.kv!r}: embedded, mooncake, mooncake://…, http://…, none"

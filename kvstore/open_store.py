@@ -8,7 +8,7 @@ mooncake://HOST:PORT    a Mooncake master (this process joins the store with its
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from kvstore.errors import StoreUnavailable
 from kvstore.store import KVStore
@@ -37,8 +37,9 @@ async def open_store(
             raise StoreUnavailable(f"a Mooncake store URL is mooncake://HOST:PORT, not {url!r}")
         from kvstore.mooncake_store import MooncakeKVStore
 
+        metrics = parse_qs(parts.query).get("metrics", [None])[0]
         return await MooncakeKVStore.connect(
-            master=f"{parts.hostname}:{parts.port}", segment_bytes=segment_bytes
+            master=f"{parts.hostname}:{parts.port}", segment_bytes=segment_bytes, metrics=metrics
         )
     raise StoreUnavailable(
         f"unknown KV store {url!r}: use memory, http://HOST:PORT or mooncake://HOST:PORT"

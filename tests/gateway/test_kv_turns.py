@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -91,7 +92,7 @@ def _store(kind: str) -> Iterator[tuple[str, Stack]]:
         master.stop()
 
 
-@pytest.fixture(scope="module", params=["embedded"])
+@pytest.fixture(scope="module", params=["embedded", "mooncake"])
 def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     if request.param == "mooncake":
         pytest.importorskip("mooncake.store", reason="no mooncake wheel for this platform")
@@ -178,3 +179,46 @@ def test_store_killed_mid_run_costs_hits_not_requests(stack: Stack) -> None:
         assert time.monotonic() < deadline, "hits never came back after the store restarted"
         hits = agent.step()[2]
     assert hits > 0
+
+
+def test_up_runs_its_own_mooncake_master() -> None:
+    pytest.importorskip("mooncake.store", reason="no mooncake wheel for this platform")
+    port = free_port()
+    cmd = dualpath("up", "--port", str(port), "--prefill", "1", "--decode", "1",
+                   "--time-scale", "0.01", "--kv", "mooncake")  # fmt: skip
+    with (
+        running(cmd, f"http://127.0.0.1:{port}/ready", timeout=90) as up,
+        openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0
+        ) as client,
+    ):
+        agent = Agent(client, "own-master")
+        prompt, completion, _ = agent.step()
+        assert agent.step()[2] == (prompt + completion) // BLOCK * BLOCK
+        masters = _children_named(up.pid, "mooncake_master")
+        assert len(masters) == 1
+    assert not any(_alive(pid) for pid in masters)  # stopped with everything else
+
+
+def _children_named(pid: int, name: str) -> list[int]:
+    """PIDs of `pid`'s direct children whose command is `name`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            stat = (entry / "stat").read_text()
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if ppid == pid and comm.startswith(name[:15]):
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = (Path("/proc") / str(pid) / "stat").read_text()
+        state = stat[stat.rindex(")") + 2 :].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

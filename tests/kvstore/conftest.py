@@ -51,10 +51,37 @@ async def http(sizing: Sizing) -> AsyncIterator[KVStore]:
             await client.close()
 
 
+@contextlib.asynccontextmanager
+async def mooncake(sizing: Sizing) -> AsyncIterator[KVStore]:
+    """A real `mooncake_master` per store (so pool-wide stats see only this test's blocks), and a
+    client whose own segment holds them."""
+    pytest.importorskip("mooncake.store", reason="no mooncake wheel for this platform")
+    from kvstore.mooncake_master import MooncakeMaster
+    from kvstore.mooncake_store import MooncakeKVStore
+
+    master = MooncakeMaster().start()
+    try:
+        store = await MooncakeKVStore.connect(
+            master.address,
+            segment_bytes=max(sizing.capacity_bytes, 16 << 20),
+            buffer_bytes=16 << 20,
+            metrics=master.metrics_address,
+            timeout_s=2.0,
+        )
+        try:
+            yield store
+        finally:
+            await store.close()
+    finally:
+        master.stop()
+
+
 BACKENDS: dict[str, Backend] = {
     "embedded": Backend(embedded, exact_lru=True),
     "embedded-disk": Backend(embedded_disk, exact_lru=True),
     "http": Backend(http, exact_lru=True),
+    # Mooncake evicts by its own lease order, not an exact byte-bounded LRU.
+    "mooncake": Backend(mooncake, exact_lru=False),
 }
 
 OpenStore = Callable[..., Awaitable[KVStore]]
