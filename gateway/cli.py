@@ -58,6 +58,14 @@ def up(
     read_path: Annotated[
         str, typer.Option(help="Default read path for cached KV: pe or de.")
     ] = "pe",
+    snic_gbps: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Every node's storage NIC, GB/s (default: the cost model's)."),
+    ] = None,
+    cnic_gbps: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Every node's compute NIC, GB/s (default: the cost model's)."),
+    ] = None,
 ) -> None:
     """Start the gateway and simulated SGLang prefill/decode workers on embedded defaults."""
     from engines.engine_model import MODELS
@@ -84,6 +92,8 @@ def up(
         redis,
         kv=kv,
         read_path=read_path,
+        snic_gbps=snic_gbps,
+        cnic_gbps=cnic_gbps,
     )
     cluster = Cluster(plan)
     try:

@@ -58,6 +58,9 @@ class ClusterPlan:
     """Stored block bytes = modelled bytes / kv_scale."""
     read_path: str = "pe"
     """Default read path for cached KV: `pe` or `de`."""
+    snic_gbps: float | None = None
+    cnic_gbps: float | None = None
+    """Every node's storage / compute NIC in GB/s; None: the cost model's node (DESIGN.md)."""
 
 
 @dataclass(slots=True)
@@ -142,6 +145,9 @@ class Cluster:
                     args += ["--tokenizer", p.tokenizer]
                 if kv_url:
                     args += ["--kv-store", kv_url, "--kv-scale", str(p.kv_scale)]
+                for flag, gbps in (("--snic-gbps", p.snic_gbps), ("--cnic-gbps", p.cnic_gbps)):
+                    if gbps is not None:
+                        args += [flag, str(gbps)]
                 spec: dict[str, object] = {"url": f"http://{p.host}:{port}", "role": role}
                 if role == "prefill":
                     boot = free_port(p.host)

@@ -181,11 +181,11 @@ def test_store_killed_mid_run_costs_hits_not_requests(stack: Stack) -> None:
     assert hits > 0
 
 
-def test_up_runs_its_own_mooncake_master() -> None:
+def test_up_runs_its_own_mooncake_master_and_sets_the_nics() -> None:
     pytest.importorskip("mooncake.store", reason="no mooncake wheel for this platform")
     port = free_port()
     cmd = dualpath("up", "--port", str(port), "--prefill", "1", "--decode", "1",
-                   "--time-scale", "0.01", "--kv", "mooncake")  # fmt: skip
+                   "--time-scale", "0.01", "--kv", "mooncake", "--snic-gbps", "2")  # fmt: skip
     with (
         running(cmd, f"http://127.0.0.1:{port}/ready", timeout=90) as up,
         openai.OpenAI(
@@ -197,6 +197,9 @@ def test_up_runs_its_own_mooncake_master() -> None:
         assert agent.step()[2] == (prompt + completion) // BLOCK * BLOCK
         masters = _children_named(up.pid, "mooncake_master")
         assert len(masters) == 1
+        for worker in httpx.get(f"http://127.0.0.1:{port}/ready").json()["workers"]:
+            kv = httpx.get(worker["url"] + "/server_info").json()["dualpath_kv"]
+            assert kv["store"] == "mooncake" and kv["snic_bytes_per_s"] == 2e9
     assert not any(_alive(pid) for pid in masters)  # stopped with everything else
 
 
