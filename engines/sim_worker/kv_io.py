@@ -20,12 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
-from engines.sim_worker.errors import RequestAborted
 from engines.sim_worker.rendezvous import RoomBoard
 from engines.sim_worker.runner import EngineRunner
 from kvstore.block import BlockShape, encode_block, verify_block
@@ -80,7 +80,7 @@ class WorkerKV:
         self.client = client
         self.counters = KVCounters()
         # Background writes and clean-ups; each removes itself, so the set is bounded by load.
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def block_tokens(self) -> int:
@@ -195,8 +195,8 @@ class WorkerKV:
         if expected is not None and expected > cached:
             self.counters.recomputed_tokens += expected - cached
 
-    def _background(self, work: object) -> None:
-        task = asyncio.ensure_future(work)  # type: ignore[call-overload]
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -232,7 +232,7 @@ class DecodeBlockWriter:
     async def flush(self) -> None:
         writes, self._writes = self._writes, []
         for result in await asyncio.gather(*writes, return_exceptions=True):
-            if isinstance(result, BaseException) and not isinstance(result, RequestAborted):
+            if isinstance(result, Exception):
                 log.warning("a decode block write failed: %r", result)
 
     def cancel(self) -> None:
