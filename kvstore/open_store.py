@@ -8,9 +8,11 @@ mooncake://HOST:PORT    a Mooncake master (this process joins the store with its
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+import importlib.util
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from kvstore.errors import StoreUnavailable
+from kvstore.reconnecting_store import ReconnectingStore
 from kvstore.store import KVStore
 
 DEFAULT_MEMORY_BYTES = 256 << 20
@@ -35,12 +37,29 @@ async def open_store(
     if parts.scheme == "mooncake":
         if not parts.hostname or not parts.port:
             raise StoreUnavailable(f"a Mooncake store URL is mooncake://HOST:PORT, not {url!r}")
-        from kvstore.mooncake_store import MooncakeKVStore
-
-        metrics = parse_qs(parts.query).get("metrics", [None])[0]
-        return await MooncakeKVStore.connect(
-            master=f"{parts.hostname}:{parts.port}", segment_bytes=segment_bytes, metrics=metrics
-        )
+        return await _mooncake(parts, segment_bytes)
     raise StoreUnavailable(
         f"unknown KV store {url!r}: use memory, http://HOST:PORT or mooncake://HOST:PORT"
     )
+
+
+async def _mooncake(parts: SplitResult, segment_bytes: int) -> KVStore:
+    """The Mooncake client; while its master is unreachable, a store that keeps trying.
+
+    A missing wheel or libibverbs is a setup error and raises at once."""
+    from kvstore.mooncake_master import INSTALL_HINT, require_libibverbs
+    from kvstore.mooncake_store import MooncakeKVStore
+
+    require_libibverbs()
+    if importlib.util.find_spec("mooncake") is None:
+        raise StoreUnavailable(f"no mooncake package: {INSTALL_HINT}")
+    metrics = parse_qs(parts.query).get("metrics", [None])[0]
+    master = f"{parts.hostname}:{parts.port}"
+
+    async def connect() -> KVStore:
+        return await MooncakeKVStore.connect(master, segment_bytes=segment_bytes, metrics=metrics)
+
+    try:
+        return await connect()
+    except StoreUnavailable:
+        return ReconnectingStore("mooncake", connect)

@@ -168,3 +168,33 @@ async def test_a_corrupt_block_is_caught_and_recomputed(cluster: Cluster) -> Non
     # The bad block was removed and rewritten: the next read is whole again.
     third = await _turn(cluster, prompt, "pe", new_tokens=1)
     assert third["meta_info"]["cached_tokens"] == 5 * BLOCK
+
+
+async def test_a_worker_started_before_its_mooncake_master_serves_then_hits() -> None:
+    pytest.importorskip("mooncake.store", reason="no mooncake wheel for this platform")
+    from kvstore.mooncake_master import MooncakeMaster
+
+    master = MooncakeMaster()  # its port is chosen, nothing listens on it yet
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "engines.sim_worker", "--role", "null", "--port", str(port),
+           "--time-scale", "0", "--kv-store", f"mooncake://{master.address}"]  # fmt: skip
+    prompt = _prompt(200)
+    body = {"input_ids": prompt, "sampling_params": {"max_new_tokens": 1},
+            "dualpath": {"kv_root": ROOT.hex()}}  # fmt: skip
+    with running(cmd, url + "/health", timeout=30):
+        async with httpx.AsyncClient(timeout=30) as client:
+            first = (await client.post(url + "/generate", json=body)).json()
+            assert first["meta_info"]["cached_tokens"] == 0
+            master.start()
+            try:
+                deadline = asyncio.get_running_loop().time() + 30
+                cached = 0
+                while cached == 0:  # reconnects within a second or two, then writes, then hits
+                    assert asyncio.get_running_loop().time() < deadline, "never reconnected"
+                    r = await client.post(url + "/generate", json=body)
+                    cached = r.json()["meta_info"]["cached_tokens"]
+                    await asyncio.sleep(0.05)  # a poll interval
+                assert cached == 3 * BLOCK
+            finally:
+                master.stop()
