@@ -58,6 +58,9 @@ def up(
     read_path: Annotated[
         str, typer.Option(help="Default read path for cached KV: pe or de.")
     ] = "pe",
+    kv_capacity_bytes: Annotated[
+        int, typer.Option(min=1, help="Embedded KV store: bytes it may hold (LRU past that).")
+    ] = 256 << 20,
     snic_gbps: Annotated[
         float | None,
         typer.Option(min=0.001, help="Every node's storage NIC, GB/s (default: the cost model's)."),
@@ -91,6 +94,7 @@ def up(
         tokenizer or None,
         redis,
         kv=kv,
+        kv_capacity_bytes=kv_capacity_bytes,
         read_path=read_path,
         snic_gbps=snic_gbps,
         cnic_gbps=cnic_gbps,

@@ -225,3 +225,25 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_blocks_evicted_by_other_sessions_are_hits_no_more() -> None:
+    port = free_port()
+    # Room for about ten blocks of the tiny model (548 stored bytes each).
+    cmd = dualpath("up", "--port", str(port), "--prefill", "1", "--decode", "1",
+                   "--time-scale", "0", "--kv-capacity-bytes", "6000")  # fmt: skip
+    with (
+        running(cmd, f"http://127.0.0.1:{port}/ready", timeout=90),
+        openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0
+        ) as client,
+    ):
+        first = Agent(client, "first")
+        first.step()
+        prompt, completion, cached = first.step()
+        assert cached > 0
+        for name in ("second", "third"):  # their blocks push the first agent's out
+            other = Agent(client, name)
+            other.step()
+            other.step()
+        assert first.step()[2] < (prompt + completion) // BLOCK * BLOCK
