@@ -12,11 +12,14 @@ import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from engines.errors import UpstreamError
 from engines.pd_client import UpstreamClient
+
+if TYPE_CHECKING:
+    from engines.worker_loads import WorkerLoad
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ class Worker:
     failures: int = 0
     successes: int = 0
     info: dict[str, Any] = field(default_factory=dict)
+    load: WorkerLoad | None = None
+    """The last `/v1/loads` report (`engines.worker_loads.LoadPoller`); None until one arrives."""
 
     @property
     def bootstrap_host(self) -> str:

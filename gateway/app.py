@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from engines.pd_client import UpstreamClient
+from engines.worker_loads import LoadPoller
 from engines.worker_registry import Worker, WorkerRegistry
 from gateway.errors import APIError, InvalidRequest, MethodNotAllowed, NotFound
 from gateway.pd_dispatch import PDDispatcher
@@ -65,6 +66,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         workers = [Worker(s.url, s.role, s.bootstrap_port) for s in settings.workers]
         registry = WorkerRegistry(workers, client, settings.health)
         await registry.start()
+        loads = LoadPoller(lambda: registry.all, client, settings.loads_interval_s)
+        loads.start()
         sessions = SessionTurns.from_settings(settings)
         app.state.gateway = GatewayState(
             settings=settings,
@@ -78,6 +81,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             yield
         finally:
             await sessions.close()
+            await loads.stop()
             await registry.stop()
             await client.aclose()
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from engines.worker_registry import WorkerRegistry
+from engines.worker_registry import Worker, WorkerRegistry
 from gateway.errors import ModelNotFound
 from gateway.kv_route import KVRoute
 from gateway.pd_dispatch import FORWARDED_HEADERS, PDDispatcher
@@ -97,14 +98,31 @@ async def health() -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+def _load(worker: Worker, now: float) -> dict[str, object] | None:
+    """The worker's last `/v1/loads` report, with its age instead of a monotonic stamp."""
+    if worker.load is None:
+        return None
+    report = dataclasses.asdict(worker.load)
+    report["age_s"] = round(now - report.pop("at"), 3)
+    return report
+
+
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     """Readiness: every known model has a healthy prefill and decode worker."""
     registry = _state(request).registry
     models = registry.models()
     ready_models = registry.ready_models()
+    now = time.monotonic()
     workers = [
-        {"url": w.url, "role": w.role, "model": w.model, "healthy": w.healthy} for w in registry.all
+        {
+            "url": w.url,
+            "role": w.role,
+            "model": w.model,
+            "healthy": w.healthy,
+            "load": _load(w, now),
+        }
+        for w in registry.all
     ]
     ok = bool(models) and ready_models == models
     return JSONResponse(

@@ -83,6 +83,8 @@ class GatewaySettings:
     timeouts: UpstreamTimeouts = field(default_factory=UpstreamTimeouts)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     health: HealthPolicy = field(default_factory=HealthPolicy)
+    loads_interval_s: float = 0.25
+    """How often every healthy worker's `/v1/loads` is read (the scheduler's reconciliation)."""
     retry_after_s: int = 2
     """`Retry-After` sent with 503 when no healthy worker can take a request."""
     upstream_connections: int = 1024

@@ -200,6 +200,8 @@ def test_up_runs_its_own_mooncake_master_and_sets_the_nics() -> None:
         for worker in httpx.get(f"http://127.0.0.1:{port}/ready").json()["workers"]:
             kv = httpx.get(worker["url"] + "/server_info").json()["dualpath_kv"]
             assert kv["store"] == "mooncake" and kv["snic_bytes_per_s"] == 2e9
+            # The gateway has been reading the worker's load (and its link queues) all along.
+            assert worker["load"]["read_q_bytes"] == 0.0 and worker["load"]["age_s"] < 5
     assert not any(_alive(pid) for pid in masters)  # stopped with everything else
 
 
