@@ -94,7 +94,10 @@ class LoadPoller:
 
     async def _loop(self) -> None:
         while True:
-            await self.poll_once()
+            try:
+                await self.poll_once()
+            except Exception:  # a bug must not end the polling for good
+                log.exception("reading worker loads failed")
             await asyncio.sleep(self._interval_s)
 
     def start(self) -> None:

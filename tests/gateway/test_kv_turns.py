@@ -197,12 +197,25 @@ def test_up_runs_its_own_mooncake_master_and_sets_the_nics() -> None:
         assert agent.step()[2] == (prompt + completion) // BLOCK * BLOCK
         masters = _children_named(up.pid, "mooncake_master")
         assert len(masters) == 1
-        for worker in httpx.get(f"http://127.0.0.1:{port}/ready").json()["workers"]:
+        for worker in _workers_with_loads(port):
             kv = httpx.get(worker["url"] + "/server_info").json()["dualpath_kv"]
             assert kv["store"] == "mooncake" and kv["snic_bytes_per_s"] == 2e9
-            # The gateway has been reading the worker's load (and its link queues) all along.
+            # The gateway reads each healthy worker's load (and its link queues) every 0.25 s.
             assert worker["load"]["read_q_bytes"] == 0.0 and worker["load"]["age_s"] < 5
     assert not any(_alive(pid) for pid in masters)  # stopped with everything else
+
+
+def _workers_with_loads(port: int) -> list[dict[str, Any]]:
+    """`/ready`'s workers once the gateway has read a load report from each (its first read
+    comes within one poll interval of a worker turning healthy)."""
+    deadline = time.monotonic() + 10
+    while True:
+        workers: list[dict[str, Any]] = httpx.get(f"http://127.0.0.1:{port}/ready").json()[
+            "workers"
+        ]
+        if all(w["load"] is not None for w in workers) or time.monotonic() > deadline:
+            return workers
+        time.sleep(0.05)  # a poll interval
 
 
 def _children_named(pid: int, name: str) -> list[int]:
