@@ -184,6 +184,18 @@ class EngineModel:
     def kv_bytes(self, tokens: float) -> float:
         return tokens * self.model.kv_bytes_per_token
 
+    @property
+    def layers(self) -> int:
+        return self.model.layers
+
+    @property
+    def snic_bytes_per_s(self) -> float:
+        return self.node.snic_bytes_per_s
+
+    @property
+    def cnic_bytes_per_s(self) -> float:
+        return self.node.cnic_bytes_per_s
+
     def prefill_flops(self, append_tokens: int, cached_tokens: int) -> float:
         """FLOPs to compute `append_tokens` new tokens on top of `cached_tokens` of context."""
         if append_tokens <= 0:

@@ -1,0 +1,263 @@
+"""The scheduler's view of the cluster: per engine `seq_e`, `tok_e`, queued compute and KV memory;
+per node the storage and compute NIC queues.
+
+The view is optimistic, as the paper's `tok_e += …`: a dispatch adds its predicted work at once,
+the request's first token and end take it back, and the workers' load reports (`reconcile`)
+replace what only the workers know: their node's read queue and their KV memory. Queues are kept
+as *free-at* times on the caller's clock, so they drain with `now` without any event.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.scheduler.config import SchedulerConfig
+from gateway.scheduler.cost_model import CostModel
+from gateway.scheduler.decision import Decision, EngineId
+from gateway.scheduler.feedback import corrected
+from gateway.scheduler.request import RequestId, SchedRequest
+
+Role = Literal["prefill", "decode"]
+
+
+@dataclass(slots=True, eq=False)
+class NodeState:
+    """One node's links. Engines on the same node share them (the paper's `read_q[n(e)]`)."""
+
+    name: str
+    snic_bytes_per_s: float
+    cnic_bytes_per_s: float
+    snic_free_at: float = 0.0
+    cnic_free_at: float = 0.0
+    snic_since_report: float = 0.0
+    cnic_since_report: float = 0.0
+    """Bytes queued since the node's last load report (the report does not know them yet)."""
+
+    def read_q_s(self, now: float) -> float:
+        """Seconds until the storage NIC has read everything queued on it."""
+        return max(self.snic_free_at - now, 0.0)
+
+    def read_q_bytes(self, now: float) -> float:
+        return self.read_q_s(now) * self.snic_bytes_per_s
+
+    def cnic_q_s(self, now: float) -> float:
+        return max(self.cnic_free_at - now, 0.0)
+
+    def queue_read(self, now: float, nbytes: float) -> None:
+        if nbytes > 0:
+            self.snic_free_at = max(self.snic_free_at, now) + nbytes / self.snic_bytes_per_s
+            self.snic_since_report += nbytes
+
+    def queue_cnic(self, now: float, nbytes: float) -> None:
+        if nbytes > 0:
+            self.cnic_free_at = max(self.cnic_free_at, now) + nbytes / self.cnic_bytes_per_s
+            self.cnic_since_report += nbytes
+
+
+@dataclass(slots=True, eq=False)
+class EngineState:
+    id: EngineId
+    role: Role
+    cost: CostModel
+    node: NodeState
+    index: int
+    """Order of registration: the deterministic tie-break."""
+    healthy: bool = True
+    seq: int = 0
+    """Unfinished requests (the paper's `seq_e`)."""
+    tok: int = 0
+    """Their tokens: prompt on a prefill engine, prompt + expected output on a decode engine."""
+    compute_free_at: float = 0.0
+    """Prefill: when its queued prefill compute is done."""
+    pending_compute_s: float = 0.0
+    """Prefill: predicted compute of the requests whose first token has not come yet."""
+    kv_capacity_tokens: int | None = None
+    """Decode: its KV pool (`max_total_num_tokens`); None until a report says."""
+    kv_reported_used: int = 0
+    kv_since_report: int = 0
+    ttft_factor: float = 1.0
+    tpot_factor: float = 1.0
+    """Observed / predicted, exponentially weighted (`feedback.corrected`)."""
+
+    def queue_s(self, now: float) -> float:
+        return max(self.compute_free_at - now, 0.0)
+
+    @property
+    def kv_free_tokens(self) -> float:
+        if self.kv_capacity_tokens is None:
+            return float("inf")
+        return self.kv_capacity_tokens - self.kv_reported_used - self.kv_since_report
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    """A worker's `/v1/loads`, as the scheduler needs it."""
+
+    at: float
+    running: int
+    waiting: int
+    used_tokens: int
+    max_tokens: int
+    read_q_bytes: float | None = None
+    cnic_q_bytes: float | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Inflight:
+    req: SchedRequest
+    decision: Decision
+    pe: EngineState
+    de: EngineState
+    compute_s: float
+    raw_ttft_s: float
+    """Predicted before correction: what the observed TTFT is compared with."""
+    raw_tpot_s: float
+    first_token_at: float | None = None
+
+
+class ClusterState:
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig()
+        self.engines: dict[EngineId, EngineState] = {}
+        self.nodes: dict[str, NodeState] = {}
+        self._healthy: dict[Role, list[EngineState]] | None = None
+        self._inflight: OrderedDict[RequestId, _Inflight] = OrderedDict()
+        self._next_index = 0
+
+    # --- membership ----------------------------------------------------------------------------
+
+    def add_engine(
+        self,
+        engine_id: str,
+        role: Role,
+        cost: CostModel,
+        *,
+        node: str | None = None,
+        kv_capacity_tokens: int | None = None,
+        healthy: bool = True,
+    ) -> EngineState:
+        """Register an engine (its node defaults to one of its own)."""
+        if engine_id in self.engines:
+            raise ValueError(f"engine {engine_id!r} is already registered")
+        name = node or engine_id
+        links = self.nodes.get(name)
+        if links is None:
+            links = NodeState(name, cost.snic_bytes_per_s, cost.cnic_bytes_per_s)
+            self.nodes[name] = links
+        engine = EngineState(
+            EngineId(engine_id), role, cost, links, self._next_index, healthy=healthy
+        )
+        engine.kv_capacity_tokens = kv_capacity_tokens
+        self._next_index += 1
+        self.engines[engine.id] = engine
+        self._healthy = None
+        return engine
+
+    def set_healthy(self, engine_id: str, healthy: bool) -> None:
+        engine = self.engines[EngineId(engine_id)]
+        if engine.healthy != healthy:
+            engine.healthy = healthy
+            self._healthy = None
+
+    def healthy(self, role: Role) -> list[EngineState]:
+        """Healthy engines of a role, in registration order (cached until membership changes)."""
+        if self._healthy is None:
+            ordered = sorted(self.engines.values(), key=lambda e: e.index)
+            self._healthy = {
+                "prefill": [e for e in ordered if e.healthy and e.role == "prefill"],
+                "decode": [e for e in ordered if e.healthy and e.role == "decode"],
+            }
+        return self._healthy[role]
+
+    # --- what the workers say ------------------------------------------------------------------
+
+    def reconcile(self, engine_id: str, report: LoadReport) -> None:
+        engine = self.engines.get(EngineId(engine_id))
+        if engine is None:
+            return
+        node = engine.node
+        if report.read_q_bytes is not None:
+            queued = report.read_q_bytes + node.snic_since_report
+            node.snic_free_at = report.at + queued / node.snic_bytes_per_s
+            node.snic_since_report = 0.0
+        if report.cnic_q_bytes is not None:
+            queued = report.cnic_q_bytes + node.cnic_since_report
+            node.cnic_free_at = report.at + queued / node.cnic_bytes_per_s
+            node.cnic_since_report = 0.0
+        if engine.role == "decode" and report.max_tokens > 0:
+            engine.kv_capacity_tokens = report.max_tokens
+            engine.kv_reported_used = report.used_tokens
+            engine.kv_since_report = 0
+
+    # --- what the gateway did and saw ----------------------------------------------------------
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def dispatch(self, req: SchedRequest, decision: Decision) -> None:
+        """Book a decision's work on its engines and links, before the workers see it."""
+        now = decision.at
+        pe, de = self.engines[decision.prefill], self.engines[decision.decode]
+        compute_s = pe.cost.prefill_compute_s(req.append_tokens, req.hit_tokens)
+        hit_bytes = pe.cost.kv_bytes(req.hit_tokens)
+        pe_bytes = hit_bytes * decision.pe_share
+        pe.node.queue_read(now, pe_bytes)
+        de.node.queue_read(now, hit_bytes - pe_bytes)
+        pe.node.queue_cnic(now, hit_bytes - pe_bytes)  # decode-side reads cross to the prefill
+        de.node.queue_cnic(now, pe_bytes + pe.cost.kv_bytes(req.append_tokens))  # the handoff
+        pe.seq += 1
+        pe.tok += req.prompt_tokens
+        pe.compute_free_at = max(pe.compute_free_at, now) + compute_s
+        pe.pending_compute_s += compute_s
+        de.seq += 1
+        de.tok += req.prompt_tokens + req.output_tokens
+        de.kv_since_report += req.prompt_tokens + req.output_tokens
+        raw_ttft = decision.predicted_ttft_s / pe.ttft_factor
+        raw_tpot = decision.predicted_tpot_s / de.tpot_factor
+        self._inflight[req.rid] = _Inflight(req, decision, pe, de, compute_s, raw_ttft, raw_tpot)
+        while len(self._inflight) > self.config.max_inflight:  # a lost completion must not leak
+            self._release(self._inflight.popitem(last=False)[1], None)
+
+    def first_token(self, rid: str, now: float) -> None:
+        """The request's prefill is done: its reads, compute and handoff are off the queues."""
+        flight = self._inflight.get(RequestId(rid))
+        if flight is None or flight.first_token_at is not None:
+            return
+        flight.first_token_at = now
+        self._prefill_done(flight, now)
+        c = self.config
+        observed = now - flight.decision.at
+        pe = flight.pe
+        pe.ttft_factor = corrected(pe.ttft_factor, observed, flight.raw_ttft_s, c)
+
+    def finished(self, rid: str, now: float, output_tokens: int | None = None) -> None:
+        """The request ended (done, failed or abandoned); `output_tokens` when it streamed."""
+        flight = self._inflight.pop(RequestId(rid), None)
+        if flight is None:
+            return
+        first = flight.first_token_at
+        if first is not None and output_tokens is not None and output_tokens > 1:
+            observed = (now - first) / (output_tokens - 1)
+            de = flight.de
+            de.tpot_factor = corrected(de.tpot_factor, observed, flight.raw_tpot_s, self.config)
+        self._release(flight, now)
+
+    def _prefill_done(self, flight: _Inflight, now: float | None) -> None:
+        pe = flight.pe
+        pe.seq -= 1
+        pe.tok -= flight.req.prompt_tokens
+        pe.pending_compute_s = max(pe.pending_compute_s - flight.compute_s, 0.0)
+        if now is not None:
+            # In FIFO order nothing queued can outlast the work still outstanding.
+            pe.compute_free_at = min(pe.compute_free_at, now + pe.pending_compute_s)
+
+    def _release(self, flight: _Inflight, now: float | None) -> None:
+        if flight.first_token_at is None:
+            self._prefill_done(flight, now)
+        de, req = flight.de, flight.req
+        de.seq -= 1
+        de.tok -= req.prompt_tokens + req.output_tokens
+        de.kv_since_report = max(de.kv_since_report - req.prompt_tokens - req.output_tokens, 0)
