@@ -26,7 +26,9 @@ class Bootstrap:
     room: int
 
 
-READ_PATHS = ("pe", "de")
+READ_PATHS = ("pe", "de", "split")
+STAGED_READ_PATHS = ("de", "split")
+"""Read paths on which the decode stages hit blocks for the prefill (they need `stager`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +43,15 @@ class KVDirective:
     read_path: str = "pe"
     """`pe`: the prefill reads the hit blocks through its own storage NIC; `de`: the decode reads
     them through its storage NIC and stages them, and the prefill pulls them over the compute
-    network from `stager`."""
+    network from `stager`; `split`: the prefill reads the first `pe_share` of them while the
+    decode reads and stages the rest, both at once."""
     stager: str | None = None
-    """Base URL of the decode worker that stages the blocks (read path `de`)."""
+    """Base URL of the decode worker that stages the blocks (read paths `de` and `split`)."""
     expected_hit_tokens: int | None = None
     """What the gateway expects to be cached: a shortfall is counted as recomputed tokens."""
+    pe_share: float | None = None
+    """Read path `split`: the fraction of the hit blocks the prefill reads (`kv_io.split_cut`);
+    None on the other read paths, which ignore it."""
 
 
 def parse_kv_directive(body: Mapping[str, Any]) -> KVDirective | None:
@@ -64,11 +70,24 @@ def parse_kv_directive(body: Mapping[str, Any]) -> KVDirective | None:
     path = ext.get("read_path", "pe")
     if path not in READ_PATHS:
         raise BadRequest(f"'dualpath.read_path' must be one of {READ_PATHS}")
+    share = _pe_share(ext) if path == "split" else None
     stager = ext.get("stager")
-    if path == "de" and (not isinstance(stager, str) or not stager.startswith("http")):
-        raise BadRequest("'dualpath.stager' must be the decode worker's URL for read path 'de'")
+    if path in STAGED_READ_PATHS and not (isinstance(stager, str) and stager.startswith("http")):
+        raise BadRequest(
+            f"'dualpath.stager' must be the decode worker's URL for read path '{path}'"
+        )
     expected = _opt_int(ext, "expected_hit_tokens")
-    return KVDirective(root_bytes, path, stager, expected)
+    return KVDirective(root_bytes, path, stager, expected, share)
+
+
+def _pe_share(ext: Mapping[str, Any]) -> float:
+    """Read path `split` must name its cut: a missing or odd one is the client's error, since
+    guessing it would load the KV along a route the scheduler did not choose."""
+    value = ext.get("pe_share")
+    # NaN fails the range check as well, and so do the infinities.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise BadRequest("'dualpath.pe_share' must be a number in [0, 1] for read_path 'split'")
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)

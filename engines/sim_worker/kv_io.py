@@ -6,6 +6,9 @@
   (a `RoomBoard` keyed by bootstrap room), and the prefill pulls them from there over the compute
   network. The decode keeps them: it needs the hit KV for decoding anyway, so only the prefill's
   new KV crosses back.
+- Read path `split`: both at once. The prefill reads the first `split_cut` hit blocks through its
+  storage NIC while the decode reads and stages the rest, which the prefill pulls as for `de`;
+  two storage NICs load one request's hits in parallel.
 - Whoever receives blocks verifies every checksum before it "computes"; the tokens it could not
   verify are recomputed instead (fewer cached tokens, never a failed request).
 - The prefill persists the prompt's new full blocks; the decode persists each block it completes
@@ -39,6 +42,21 @@ log = logging.getLogger(__name__)
 StagedBlocks = tuple[bytes, ...]
 
 
+def split_cut(
+    usable_blocks: int, expected_hit_tokens: int | None, block_tokens: int, pe_share: float
+) -> int:
+    """Read path `split`: how many leading hit blocks the prefill reads (the decode stages the
+    rest). Pure, and both workers call it on the same request, so they cut alike without talking.
+
+    The share is of the hits the gateway expects (those it scheduled the reads for), capped by
+    the blocks a prefill may load at all.
+    """
+    n = usable_blocks
+    if expected_hit_tokens is not None:
+        n = min(n, max(expected_hit_tokens, 0) // block_tokens)
+    return min(max(round(pe_share * n), 0), n)
+
+
 @dataclass(slots=True)
 class KVCounters:
     """What this worker's KV I/O did (stored bytes unless named `modelled`)."""
@@ -52,7 +70,7 @@ class KVCounters:
     """Blocks this prefill pulled from a decode's staging segment."""
     received_bytes: int = 0
     stage_failures: int = 0
-    """Read path `de`: the staged blocks never arrived (the prefill recomputed)."""
+    """Read paths `de` and `split`: the staged blocks never arrived (the prefill recomputed)."""
     written_blocks: int = 0
     written_bytes: int = 0
     lost_blocks: int = 0
@@ -132,7 +150,8 @@ class WorkerKV:
         return good
 
     async def stage(self, rid: str, room: int, keys: Sequence[bytes]) -> int:
-        """Decode side of read path `de`: read the hit blocks and stage them for the prefill."""
+        """Decode side of read paths `de` and `split`: read the hit blocks (`split`: the decode's
+        part of them) and stage them for the prefill."""
         try:
             blocks = await self.read(rid, keys)
         except Exception:
@@ -160,6 +179,23 @@ class WorkerKV:
         self.counters.received_blocks += len(good)
         self.counters.received_bytes += sum(len(v) for v in good)
         return good
+
+    async def read_split(
+        self, rid: str, keys: Sequence[bytes], cut: int, stager: str, room: int, timeout_s: float
+    ) -> list[bytes]:
+        """Prefill side of read path `split`: read `keys[:cut]` through this node's storage NIC
+        while pulling the decode's staged `keys[cut:]` over the compute network.
+
+        A prefix must be contiguous, so the staged blocks count only behind a whole own part;
+        with nothing to stage (cut at the end) the decode publishes nothing and nothing is pulled.
+        """
+        pulled = (
+            self.receive(rid, stager, room, keys[cut:], timeout_s)
+            if cut < len(keys)
+            else _no_blocks()
+        )
+        own, staged = await asyncio.gather(self.read(rid, keys[:cut]), pulled)
+        return own + staged if len(own) == cut else own
 
     async def _pull(self, stager: str, room: int, timeout_s: float) -> bytes | None:
         if self.client is None:
@@ -205,6 +241,10 @@ class WorkerKV:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def _no_blocks() -> list[bytes]:
+    return []
 
 
 class DecodeBlockWriter:

@@ -13,15 +13,15 @@ import contextlib
 import dataclasses
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from engines.sim_worker.config import SimWorkerConfig
 from engines.sim_worker.errors import BadRequest, RequestAborted, SimWorkerError
 from engines.sim_worker.generation import EOS_TOKEN_ID, Plan, plan_answer, request_seed
-from engines.sim_worker.inputs import GenRequest
-from engines.sim_worker.kv_io import DecodeBlockWriter, WorkerKV
+from engines.sim_worker.inputs import STAGED_READ_PATHS, GenRequest, KVDirective
+from engines.sim_worker.kv_io import DecodeBlockWriter, WorkerKV, split_cut
 from engines.sim_worker.metrics import LoadSnapshot, SimMetrics
 from engines.sim_worker.prefix_cache import PrefixCache
 from engines.sim_worker.rendezvous import FAKE_BOOTSTRAP_HOST, RoomBoard, RoomClient, RoomResult
@@ -249,29 +249,37 @@ class SimWorker:
         kv = self.kv
         if kv is None:
             return self.cache.match(req.prompt_ids)
-        usable = kv.usable(keys, len(req.prompt_ids))
-        bs, d = req.bootstrap, req.kv
-        if d is not None and d.read_path == "de" and d.stager and bs is not None:
-            blocks = await kv.receive(
-                req.rid, d.stager, bs.room, usable, self.config.stage_timeout_s
-            )
-        else:
-            blocks = await kv.read(req.rid, usable)
+        blocks = await self._read_hits(kv, req, kv.usable(keys, len(req.prompt_ids)))
         cached = len(blocks) * self.config.page_size
-        kv.note_expected(d.expected_hit_tokens if d else None, cached)
+        kv.note_expected(req.kv.expected_hit_tokens if req.kv else None, cached)
         return cached
+
+    async def _read_hits(
+        self, kv: WorkerKV, req: GenRequest, usable: Sequence[bytes]
+    ) -> list[bytes]:
+        """The prefill's half of the read path: the verified leading hit blocks, read through
+        this node's storage NIC, pulled from the decode's staging, or both (`split`)."""
+        bs, d = req.bootstrap, req.kv
+        # Without a bootstrap (role null) no decode stages anything: this node reads it all.
+        if d is None or d.read_path == "pe" or not d.stager or bs is None:
+            return await kv.read(req.rid, usable)
+        timeout = self.config.stage_timeout_s
+        if d.read_path == "de":
+            return await kv.receive(req.rid, d.stager, bs.room, usable, timeout)
+        cut = _split_cut(kv, d, usable)
+        return await kv.read_split(req.rid, usable, cut, d.stager, bs.room, timeout)
 
     async def _decode_side_kv(
         self, req: GenRequest, keys: list[bytes], plan: Plan, active: _Active
     ) -> tuple[int, int]:
-        """The decode's half of the KV: on read path `de` read and stage the hit blocks while
-        waiting for the prefill; then receive the KV it does not hold over the compute network."""
-        bs, kv, d = req.bootstrap, self.kv, req.kv
+        """The decode's half of the KV: on read paths `de` and `split` read and stage (its part
+        of) the hit blocks while waiting for the prefill; then receive the KV it does not hold
+        over the compute network."""
+        bs, kv = req.bootstrap, self.kv
         assert bs is not None
         staging: asyncio.Future[int] | None = None
-        if kv is not None and d is not None and d.read_path == "de":
-            usable = kv.usable(keys, len(req.prompt_ids))
-            staging = asyncio.ensure_future(kv.stage(req.rid, bs.room, usable))
+        if kv is not None and (staged := _staged_keys(kv, req, keys)) is not None:
+            staging = asyncio.ensure_future(kv.stage(req.rid, bs.room, staged))
         try:
             first, cached = await self._collect(bs.host, bs.port, bs.room, plan, active)
             held = await staging if staging is not None else 0
@@ -378,6 +386,25 @@ class SimWorker:
 
     def _finish(self, state: ReqState) -> None:
         state.e2e_latency = time.monotonic() - state.started
+
+
+def _staged_keys(kv: WorkerKV, req: GenRequest, keys: list[bytes]) -> Sequence[bytes] | None:
+    """The hit blocks a decode reads and stages for its prefill; None: it stages nothing (and
+    publishes nothing), as the prefill then pulls nothing (`WorkerKV.read_split`)."""
+    d = req.kv
+    if d is None or d.read_path not in STAGED_READ_PATHS:
+        return None
+    usable = kv.usable(keys, len(req.prompt_ids))
+    if d.read_path == "de":
+        return usable
+    cut = _split_cut(kv, d, usable)
+    return usable[cut:] if cut < len(usable) else None
+
+
+def _split_cut(kv: WorkerKV, d: KVDirective, usable: Sequence[bytes]) -> int:
+    """Where both workers cut a `split` request's hit blocks: the prefill reads `usable[:cut]`."""
+    assert d.pe_share is not None  # the parser requires it on read path `split`
+    return split_cut(len(usable), d.expected_hit_tokens, kv.block_tokens, d.pe_share)
 
 
 def _engine_type(role: str) -> str:

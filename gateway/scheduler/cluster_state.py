@@ -9,17 +9,31 @@ as *free-at* times on the caller's clock, so they drain with `now` without any e
 
 from __future__ import annotations
 
+import heapq
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Literal
 
 from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.cost_model import CostModel
 from gateway.scheduler.decision import Decision, EngineId
+from gateway.scheduler.engine_index import Key, Ranking
 from gateway.scheduler.feedback import corrected
 from gateway.scheduler.request import RequestId, SchedRequest
 
 Role = Literal["prefill", "decode"]
+
+RANKINGS: dict[str, Key] = {
+    "queue": attrgetter("compute_free_at"),
+    "tok": attrgetter("tok"),
+    "seq": attrgetter("seq"),
+    "read_q": attrgetter("node.snic_free_at"),
+}
+"""What `ClusterState.ranked` can order engines by (absolute values: time keeps the order)."""
+SCAN_MAX = 8
+"""Up to this many engines of a role, `ranked` scans them all (exact, and no index to keep)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -34,6 +48,7 @@ class NodeState:
     snic_since_report: float = 0.0
     cnic_since_report: float = 0.0
     """Bytes queued since the node's last load report (the report does not know them yet)."""
+    engines: list[EngineState] = field(default_factory=list)
 
     def read_q_s(self, now: float) -> float:
         """Seconds until the storage NIC has read everything queued on it."""
@@ -125,6 +140,8 @@ class ClusterState:
         self._healthy: dict[Role, list[EngineState]] | None = None
         self._inflight: OrderedDict[RequestId, _Inflight] = OrderedDict()
         self._next_index = 0
+        self._rankings: dict[Role, dict[str, Ranking]] = {}
+        """Kept only for a role with more than `SCAN_MAX` healthy engines."""
 
     # --- membership ----------------------------------------------------------------------------
 
@@ -152,7 +169,9 @@ class ClusterState:
         engine.kv_capacity_tokens = kv_capacity_tokens
         self._next_index += 1
         self.engines[engine.id] = engine
+        links.engines.append(engine)
         self._healthy = None
+        self.touch(engine)
         return engine
 
     def set_healthy(self, engine_id: str, healthy: bool) -> None:
@@ -160,6 +179,7 @@ class ClusterState:
         if engine.healthy != healthy:
             engine.healthy = healthy
             self._healthy = None
+            self.touch(engine)
 
     def healthy(self, role: Role) -> list[EngineState]:
         """Healthy engines of a role, in registration order (cached until membership changes)."""
@@ -169,7 +189,48 @@ class ClusterState:
                 "prefill": [e for e in ordered if e.healthy and e.role == "prefill"],
                 "decode": [e for e in ordered if e.healthy and e.role == "decode"],
             }
+            for each, engines in self._healthy.items():
+                if len(engines) <= SCAN_MAX:
+                    self._rankings.pop(each, None)
+                elif each not in self._rankings:
+                    rankings = {name: Ranking(key) for name, key in RANKINGS.items()}
+                    for e in engines:
+                        for ranking in rankings.values():
+                            ranking.touch(e)
+                    self._rankings[each] = rankings
         return self._healthy[role]
+
+    def touch(self, engine: EngineState) -> None:
+        """Re-rank an engine; whoever changes its fields outside this class must call it."""
+        if self._healthy is None:
+            self.healthy(engine.role)  # rebuilds the rankings a role newly needs
+        for ranking in self._rankings.get(engine.role, {}).values():
+            if engine.healthy:
+                ranking.touch(engine)
+            else:
+                ranking.remove(engine)
+
+    def _touch_node(self, node: NodeState) -> None:
+        for engine in node.engines:
+            self.touch(engine)
+
+    def ranked(
+        self,
+        role: Role,
+        by: str,
+        k: int,
+        accept: Callable[[EngineState], bool] | None = None,
+    ) -> list[EngineState]:
+        """The `k` healthy engines of `role` that `accept` takes with the smallest `by` key
+        (`RANKINGS`), ties to the earlier registered; O(k log n) past `SCAN_MAX` engines."""
+        engines = self.healthy(role)
+        if len(engines) > SCAN_MAX:
+            return self._rankings[role][by].smallest(k, accept)
+        key = RANKINGS[by]
+        pool = engines if accept is None else [e for e in engines if accept(e)]
+        if k == 1:  # registration order breaks ties: `min` keeps the first of equals
+            return [min(pool, key=key)] if pool else []
+        return heapq.nsmallest(k, pool, key=lambda e: (key(e), e.index))
 
     # --- what the workers say ------------------------------------------------------------------
 
@@ -190,6 +251,7 @@ class ClusterState:
             engine.kv_capacity_tokens = report.max_tokens
             engine.kv_reported_used = report.used_tokens
             engine.kv_since_report = 0
+        self._touch_node(node)
 
     # --- what the gateway did and saw ----------------------------------------------------------
 
@@ -215,6 +277,9 @@ class ClusterState:
         de.seq += 1
         de.tok += req.prompt_tokens + req.output_tokens
         de.kv_since_report += req.prompt_tokens + req.output_tokens
+        self._touch_node(pe.node)
+        if de.node is not pe.node:
+            self._touch_node(de.node)
         raw_ttft = decision.predicted_ttft_s / pe.ttft_factor
         raw_tpot = decision.predicted_tpot_s / de.tpot_factor
         self._inflight[req.rid] = _Inflight(req, decision, pe, de, compute_s, raw_ttft, raw_tpot)
@@ -253,6 +318,7 @@ class ClusterState:
         if now is not None:
             # In FIFO order nothing queued can outlast the work still outstanding.
             pe.compute_free_at = min(pe.compute_free_at, now + pe.pending_compute_s)
+        self.touch(pe)
 
     def _release(self, flight: _Inflight, now: float | None) -> None:
         if flight.first_token_at is None:
@@ -261,3 +327,4 @@ class ClusterState:
         de.seq -= 1
         de.tok -= req.prompt_tokens + req.output_tokens
         de.kv_since_report = max(de.kv_since_report - req.prompt_tokens - req.output_tokens, 0)
+        self.touch(de)

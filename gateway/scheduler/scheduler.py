@@ -65,10 +65,14 @@ class Scheduler:
     def predicted_wait_s(self, now: float) -> float:
         """How long a request arriving now would be held: the held work shared by the prefill
         engines, after the soonest of them is free enough to take work."""
-        pes = self.cluster.healthy("prefill")
+        cluster = self.cluster
+        pes = cluster.healthy("prefill")
         if not pes:
             return 0.0
-        soonest = min(max(e.compute_free_at, e.node.snic_free_at) for e in pes) - now
+        # A lower bound of the soonest max(queue, read queue), from two O(log n) look-ups.
+        queue = cluster.ranked("prefill", "queue", 1)[0].compute_free_at
+        read = cluster.ranked("prefill", "read_q", 1)[0].node.snic_free_at
+        soonest = max(queue, read) - now
         return max(soonest - self.config.admit_backlog_s, 0.0) + self._held_work_s / len(pes)
 
     def submit(self, req: SchedRequest, now: float) -> Shed | None:

@@ -12,7 +12,7 @@ from typing import Literal, Protocol
 
 from gateway.scheduler.cluster_state import ClusterState, EngineState
 from gateway.scheduler.decision import Candidate, Decision, Hold
-from gateway.scheduler.prediction import TurnCost, tpot_s, ttft_s
+from gateway.scheduler.prediction import TurnCost, plans, tpot_s
 from gateway.scheduler.request import SchedRequest
 
 Discipline = Literal["fifo", "edf"]
@@ -59,7 +59,8 @@ def candidate(
 ) -> Candidate:
     """A candidate with its corrected predictions."""
     turn = turn or TurnCost.of(req, pe)
-    ttft = ttft_s(now, pe, de, turn, share, layerwise) * pe.ttft_factor
+    ((_, raw, _),) = plans(now, pe, de, turn, req.hit_tokens, layerwise, (share,))
+    ttft = raw * pe.ttft_factor
     return Candidate(pe.id, de.id, share, ttft, tpot_s(de, req) * de.tpot_factor, note)
 
 

@@ -1,11 +1,15 @@
 """`dualpath-slo` (the default): place every request to meet its TTFT and TPOT targets.
 
-For a shortlist of prefill engines (shortest compute queue, shortest node read queue) and of
-decode engines with KV memory (fewest tokens, shortest node read queue), and for each read plan
-(prefill side, decode side, and the split that makes both routes finish together), predict TTFT
-and TPOT (`prediction`), corrected by each engine's observed/predicted factor. Rank: TPOT within
-target first, then TTFT, then the earlier end of the read (storage-NIC balance), then TPOT
-(decode balance). A split is kept only when it lowers TTFT below both single routes.
+Two decode engines with KV memory are paired: the lower predicted TPOT of the one with the
+fewest tokens and the one with the fewest requests, and the one with the shortest node read
+queue if it keeps TPOT within target.
+Prefill engines are shortlisted by shortest compute queue and by shortest node
+read queue; each is paired with the first, the best of them with the second. For each pair and
+read plan (prefill side, decode side, and the split that makes
+both routes finish together) TTFT is predicted (`prediction`), corrected by each engine's
+observed/predicted factor. Rank: TPOT within target first, then TTFT, then the earlier end of
+the read (storage-NIC balance), then TPOT (decode balance). A split is kept only when it lowers
+TTFT below both single routes. The shortlists keep a decision O(k log n), not O(P × D).
 
 Dispatch when the best meets the request's deadline. When nothing does, dispatch anyway if its
 prefill engine would otherwise go idle (its work would start within `admit_backlog_s`): a late
@@ -15,31 +19,26 @@ deadline first, so the oldest goes next and none starves.
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import Callable, Sequence
-from operator import attrgetter
-from typing import Any
-
 from gateway.scheduler.cluster_state import ClusterState, EngineState
 from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.decision import Candidate, Decision, Hold
-from gateway.scheduler.policies.base import decide, engines_for
-from gateway.scheduler.prediction import TurnCost, balanced_share, load_s, tpot_s, ttft_s
+from gateway.scheduler.policies.base import decide, has_memory
+from gateway.scheduler.prediction import TurnCost, plans, tpot_s
 from gateway.scheduler.request import SchedRequest
 
 SPLIT_GAIN = 0.01
 """A split must beat the better single route by this fraction of its TTFT to be worth it."""
 GRAIN = 0.01
 """TTFTs and read ends closer than this fraction of the TTFT target rank as equal."""
+EXPLAINED = 6
+"""Candidates kept with a decision, best first."""
 
-_PREFILL_KEYS: tuple[Callable[[EngineState], Any], ...] = (
-    attrgetter("compute_free_at"),
-    attrgetter("node.snic_free_at"),
-)
-_DECODE_KEYS: tuple[Callable[[EngineState], Any], ...] = (
-    attrgetter("tok"),
-    attrgetter("node.snic_free_at"),
-)
+# (TPOT missed, prefill, decode, prefill share, TTFT, TPOT, end of the read)
+_Rated = tuple[bool, EngineState, EngineState, float, float, float, float]
+
+
+def _unique(engines: list[EngineState]) -> list[EngineState]:
+    return list({e.index: e for e in engines}.values())
 
 
 class DualPathSLO:
@@ -50,87 +49,103 @@ class DualPathSLO:
     def __init__(self, config: SchedulerConfig) -> None:
         self._config = config
 
-    def _shortlist(
-        self, engines: list[EngineState], keys: Sequence[Callable[[EngineState], Any]]
-    ) -> list[EngineState]:
-        k = self._config.shortlist
-        if len(engines) <= k * len(keys):
-            return engines
-        chosen: dict[str, EngineState] = {}
-        for key in keys:
-            for e in heapq.nsmallest(k, engines, key=key):
-                chosen[e.id] = e
-        return list(chosen.values())
+    def _decodes(
+        self, req: SchedRequest, cluster: ClusterState
+    ) -> list[tuple[bool, float, EngineState]] | Hold:
+        """(TPOT missed, predicted TPOT, engine) for the decode engines worth pairing: the
+        lower predicted TPOT of the one with the fewest tokens and the one with the fewest
+        requests, then the one with the shortest read queue if it keeps TPOT within target."""
 
-    def _plans(
-        self, now: float, pe: EngineState, de: EngineState, req: SchedRequest
-    ) -> list[float]:
-        if req.hit_tokens == 0:
-            return [1.0]
-        plans = [1.0, 0.0]
-        if self._config.split:
-            share = balanced_share(now, pe, de, req)
-            if 0.0 < share < 1.0:
-                plans.append(share)
-        return plans
+        def fits(d: EngineState) -> bool:
+            return has_memory(d, req)
+
+        light = cluster.ranked("decode", "tok", 1, fits)
+        if not light:
+            if not cluster.healthy("decode"):
+                return Hold("no healthy decode engine")
+            need = req.prompt_tokens + req.output_tokens
+            return Hold(f"no healthy decode engine has KV memory for {need} tokens")
+        rated = []
+        for d in _unique(light + cluster.ranked("decode", "seq", 1, fits)):
+            tpot = tpot_s(d, req) * d.tpot_factor
+            rated.append((tpot > req.tpot_target_s and d.seq > 0, tpot, d))
+        out = [min(rated, key=lambda r: (r[0], r[1], r[2].index))]
+        for d in cluster.ranked("decode", "read_q", 1, fits):
+            if d is not out[0][2]:
+                tpot = tpot_s(d, req) * d.tpot_factor
+                if tpot <= req.tpot_target_s or d.seq == 0:
+                    out.append((False, tpot, d))
+        return out
 
     def place(self, req: SchedRequest, cluster: ClusterState, now: float) -> Decision | Hold:
-        found = engines_for(req, cluster)
-        if isinstance(found, Hold):
-            return found
-        c = self._config
-        pes = self._shortlist(found[0], _PREFILL_KEYS)
-        des = self._shortlist(found[1], _DECODE_KEYS)
-        grain = GRAIN * req.ttft_target_s
-        turns: dict[int, TurnCost] = {}
-        candidates: list[Candidate] = []
-        best: tuple[tuple[Any, ...], Candidate, EngineState, EngineState, float] | None = None
-        for de in des:
-            tpot = tpot_s(de, req) * de.tpot_factor
-            tpot_missed = tpot > req.tpot_target_s and de.seq > 0
-            for pe in pes:
-                turn = turns.get(id(pe.cost))
-                if turn is None:
-                    turn = turns[id(pe.cost)] = TurnCost.of(req, pe)
-                single = float("inf")
-                for share in self._plans(now, pe, de, req):
-                    ttft = ttft_s(now, pe, de, turn, share, c.layerwise) * pe.ttft_factor
-                    if 0.0 < share < 1.0:
-                        if ttft >= single * (1.0 - SPLIT_GAIN):
-                            continue
-                    else:
-                        single = min(single, ttft)
-                    loaded = load_s(now, pe, de, turn.hit_bytes, share)
-                    cand = Candidate(pe.id, de.id, share, ttft, tpot)
-                    candidates.append(cand)
-                    key = (
-                        tpot_missed,
-                        round(ttft / grain) if grain else ttft,
-                        round(loaded / grain) if grain else loaded,
-                        tpot,
-                        pe.index,
-                        de.index,
-                        share,
-                    )
-                    if best is None or key < best[0]:
-                        best = (key, cand, pe, de, loaded)
-        assert best is not None  # engines_for found at least one of each
-        key, chosen, pe, _, loaded = best
-        if key[0]:
-            return Hold(
-                f"every decode engine would exceed the TPOT target (best {chosen.tpot_s:.4f}s)"
+        if not cluster.healthy("prefill"):
+            return Hold("no healthy prefill engine")
+        decodes = self._decodes(req, cluster)
+        if isinstance(decodes, Hold):
+            return decodes
+        k = self._config.shortlist
+        pes = cluster.healthy("prefill")
+        if len(pes) > 2 * k:
+            pes = _unique(
+                cluster.ranked("prefill", "queue", k) + cluster.ranked("prefill", "read_q", k)
             )
-        return self._verdict(req, chosen, pe, loaded, now, candidates)
+        # Every prefill engine with the lightest decode engine, then the best prefill engine
+        # with the decode engine whose storage NIC is freest, if that is another one.
+        rated = self._rate(req, now, pes, decodes[:1])
+        if len(decodes) > 1:
+            fastest = min(rated, key=lambda r: (r[4], r[1].index))[1]
+            rated += self._rate(req, now, [fastest], decodes[1:])
+        rated.sort(key=lambda r: self._key(r, req))
+        candidates = [Candidate(r[1].id, r[2].id, r[3], r[4], r[5]) for r in rated[:EXPLAINED]]
+        missed, pe, loaded = rated[0][0], rated[0][1], rated[0][6]
+        if missed:
+            return Hold(
+                f"every decode engine would exceed the TPOT target (best {rated[0][5]:.4f}s)"
+            )
+        return self._verdict(req, candidates, pe, loaded, now)
+
+    @staticmethod
+    def _key(r: _Rated, req: SchedRequest) -> tuple[object, ...]:
+        grain = GRAIN * req.ttft_target_s
+        missed, pe, de, share, ttft, tpot, loaded = r
+        return (missed, round(ttft / grain), round(loaded / grain), tpot, pe.index, de.index, share)
+
+    def _rate(
+        self,
+        req: SchedRequest,
+        now: float,
+        pes: list[EngineState],
+        decodes: list[tuple[bool, float, EngineState]],
+    ) -> list[_Rated]:
+        c = self._config
+        rated: list[_Rated] = []
+        turns: dict[int, TurnCost] = {}
+        for pe in pes:
+            turn = turns.get(id(pe.cost))
+            if turn is None:
+                turn = turns[id(pe.cost)] = TurnCost.of(req, pe)
+            factor = pe.ttft_factor
+            for missed, tpot, de in decodes:
+                single = float("inf")
+                for share, raw, loaded in plans(
+                    now, pe, de, turn, req.hit_tokens, c.layerwise, split=c.split
+                ):
+                    ttft = raw * factor
+                    if 0.0 < share < 1.0 and ttft >= single * (1.0 - SPLIT_GAIN):
+                        continue  # a split must beat both single routes
+                    single = min(single, ttft)
+                    rated.append((missed, pe, de, share, ttft, tpot, loaded))
+        return rated
 
     def _verdict(
         self,
         req: SchedRequest,
-        chosen: Candidate,
+        candidates: list[Candidate],
         pe: EngineState,
         loaded: float,
         now: float,
-        candidates: list[Candidate],
     ) -> Decision | Hold:
+        chosen = candidates[0]
         if now + chosen.ttft_s <= req.deadline:
             if chosen.tpot_s <= req.tpot_target_s:
                 reason = "meets TTFT and TPOT targets"

@@ -197,5 +197,7 @@ def test_slo_shortlist_finds_the_idle_engine_in_a_large_cluster() -> None:
         state.engines[f"d{i}"].tok, state.engines[f"d{i}"].seq = 1000 + i, 1
     state.engines["p37"].compute_free_at = 0.0
     state.engines["d41"].tok, state.engines["d41"].seq = 0, 0
+    for e in state.engines.values():
+        state.touch(e)  # fields changed behind the index's back
     d = _decided(_place("dualpath-slo", state, request(hit=0)))
     assert (d.prefill, d.decode) == ("p37", "d41")
