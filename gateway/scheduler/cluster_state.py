@@ -18,12 +18,13 @@ from typing import Literal
 
 from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.cost_model import CostModel
-from gateway.scheduler.decision import Decision, EngineId
+from gateway.scheduler.decision import READ_PATHS, Decision, EngineId
 from gateway.scheduler.engine_index import Key, Ranking
 from gateway.scheduler.feedback import corrected
 from gateway.scheduler.request import RequestId, SchedRequest
 
 Role = Literal["prefill", "decode"]
+ALL_READ_PATHS = frozenset(READ_PATHS)
 
 RANKINGS: dict[str, Key] = {
     "queue": attrgetter("compute_free_at"),
@@ -79,6 +80,8 @@ class EngineState:
     node: NodeState
     index: int
     """Order of registration: the deterministic tie-break."""
+    read_paths: frozenset[str] = ALL_READ_PATHS
+    """Read paths the worker takes part in (`pe` is every worker's: a stock SGLang's only)."""
     healthy: bool = True
     seq: int = 0
     """Unfinished requests (the paper's `seq_e`)."""
@@ -154,6 +157,7 @@ class ClusterState:
         node: str | None = None,
         kv_capacity_tokens: int | None = None,
         healthy: bool = True,
+        read_paths: frozenset[str] = ALL_READ_PATHS,
     ) -> EngineState:
         """Register an engine (its node defaults to one of its own)."""
         if engine_id in self.engines:
@@ -164,7 +168,13 @@ class ClusterState:
             links = NodeState(name, cost.snic_bytes_per_s, cost.cnic_bytes_per_s)
             self.nodes[name] = links
         engine = EngineState(
-            EngineId(engine_id), role, cost, links, self._next_index, healthy=healthy
+            EngineId(engine_id),
+            role,
+            cost,
+            links,
+            self._next_index,
+            read_paths=read_paths | {"pe"},
+            healthy=healthy,
         )
         engine.kv_capacity_tokens = kv_capacity_tokens
         self._next_index += 1

@@ -33,6 +33,11 @@ def has_memory(de: EngineState, req: SchedRequest) -> bool:
     return de.kv_free_tokens >= req.prompt_tokens + req.output_tokens
 
 
+def shared_paths(pe: EngineState, de: EngineState) -> frozenset[str]:
+    """The read paths both workers of a pair take part in."""
+    return pe.read_paths & de.read_paths
+
+
 def engines_for(
     req: SchedRequest, cluster: ClusterState
 ) -> tuple[list[EngineState], list[EngineState]] | Hold:

@@ -18,7 +18,7 @@ from collections import defaultdict
 from gateway.scheduler.cluster_state import ClusterState, EngineState
 from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.decision import Decision, Hold
-from gateway.scheduler.policies.base import candidate, decide, has_memory
+from gateway.scheduler.policies.base import candidate, decide, has_memory, shared_paths
 from gateway.scheduler.request import SchedRequest
 
 
@@ -64,7 +64,9 @@ class DualPath:
         de = self._decode(cluster, req)
         if isinstance(de, Hold):
             return de
-        pe_side = pe.node.read_q_bytes(now) <= de.node.read_q_bytes(now)
+        pe_side = pe.node.read_q_bytes(now) <= de.node.read_q_bytes(
+            now
+        ) or "de" not in shared_paths(pe, de)
         share = 1.0 if pe_side else 0.0
         chosen = candidate(now, pe, de, req, share, self._config.layerwise)
         side = "prefill" if pe_side else "decode"

@@ -22,8 +22,8 @@ from __future__ import annotations
 from gateway.scheduler.cluster_state import ClusterState, EngineState
 from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.decision import Candidate, Decision, Hold
-from gateway.scheduler.policies.base import decide, has_memory
-from gateway.scheduler.prediction import TurnCost, plans, tpot_s
+from gateway.scheduler.policies.base import decide, has_memory, shared_paths
+from gateway.scheduler.prediction import SINGLE_ROUTES, TurnCost, plans, tpot_s
 from gateway.scheduler.request import SchedRequest
 
 SPLIT_GAIN = 0.01
@@ -127,8 +127,11 @@ class DualPathSLO:
             factor = pe.ttft_factor
             for missed, tpot, de in decodes:
                 single = float("inf")
+                paths = shared_paths(pe, de)
+                shares = SINGLE_ROUTES if "de" in paths else (1.0,)
+                split = c.split and "split" in paths
                 for share, raw, loaded in plans(
-                    now, pe, de, turn, req.hit_tokens, c.layerwise, split=c.split
+                    now, pe, de, turn, req.hit_tokens, c.layerwise, shares, split
                 ):
                     ttft = raw * factor
                     if 0.0 < share < 1.0 and ttft >= single * (1.0 - SPLIT_GAIN):

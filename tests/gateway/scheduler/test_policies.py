@@ -201,3 +201,11 @@ def test_slo_shortlist_finds_the_idle_engine_in_a_large_cluster() -> None:
         state.touch(e)  # fields changed behind the index's back
     d = _decided(_place("dualpath-slo", state, request(hit=0)))
     assert (d.prefill, d.decode) == ("p37", "d41")
+
+
+@pytest.mark.parametrize("name", ["dualpath", "dualpath-slo"])
+def test_a_worker_that_only_reads_on_its_own_side_gets_the_prefill_path(name: str) -> None:
+    state = cluster(1, 0)
+    state.add_engine("d0", "decode", COST, read_paths=frozenset({"pe"}))  # a stock SGLang
+    state.engines["p0"].node.snic_free_at = 1.0  # the decode side would be faster
+    assert _decided(_place(name, state, request())).read_path == "pe"
