@@ -72,11 +72,14 @@ class LoadPoller:
         client: UpstreamClient,
         interval_s: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        on_poll: Callable[[], None] | None = None,
     ) -> None:
         self._workers = workers
         self._client = client
         self._interval_s = interval_s
         self._clock = clock
+        self._on_poll = on_poll
+        """Called after every round (the scheduler reconciles its state from the reports)."""
         self._task: asyncio.Task[None] | None = None
 
     async def poll_once(self) -> None:
@@ -96,6 +99,8 @@ class LoadPoller:
         while True:
             try:
                 await self.poll_once()
+                if self._on_poll is not None:
+                    self._on_poll()
             except Exception:  # a bug must not end the polling for good
                 log.exception("reading worker loads failed")
             await asyncio.sleep(self._interval_s)

@@ -1,4 +1,4 @@
-"""The app factory: a FastAPI app whose state (client, registry, placement) the lifespan owns."""
+"""The app factory: a FastAPI app whose state (client, registry, scheduler) the lifespan owns."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from starlette.responses import Response
 from engines.pd_client import UpstreamClient
 from engines.worker_loads import LoadPoller
 from engines.worker_registry import Worker, WorkerRegistry
+from gateway.debug_routes import router as debug_router
 from gateway.errors import APIError, InvalidRequest, MethodNotAllowed, NotFound
 from gateway.pd_dispatch import PDDispatcher
-from gateway.placement import RoundRobinPlacement
 from gateway.routes import GatewayState, router
+from gateway.scheduling import LiveScheduler
 from gateway.session_routes import router as session_router
 from gateway.session_turns import SessionTurns
 from gateway.settings import GatewaySettings
@@ -66,13 +67,19 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         workers = [Worker(s.url, s.role, s.bootstrap_port) for s in settings.workers]
         registry = WorkerRegistry(workers, client, settings.health)
         await registry.start()
-        loads = LoadPoller(lambda: registry.all, client, settings.loads_interval_s)
+        scheduler = LiveScheduler(
+            registry, settings.scheduler, settings.scheduling, settings.retry_after_s
+        )
+        scheduler.sync()
+        loads = LoadPoller(
+            lambda: registry.all, client, settings.loads_interval_s, on_poll=scheduler.sync
+        )
         loads.start()
         sessions = SessionTurns.from_settings(settings)
         app.state.gateway = GatewayState(
             settings=settings,
             registry=registry,
-            placement=RoundRobinPlacement(registry, settings.retry_after_s),
+            scheduler=scheduler,
             dispatcher=PDDispatcher(client),
             sessions=sessions,
             started=int(time.time()),
@@ -82,12 +89,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         finally:
             await sessions.close()
             await loads.stop()
+            scheduler.close()
             await registry.stop()
             await client.aclose()
 
     app = FastAPI(title="dualpath-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(router)
     app.include_router(session_router)
+    app.include_router(debug_router)
     app.add_exception_handler(APIError, _on_api_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

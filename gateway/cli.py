@@ -14,6 +14,10 @@ import typer
 from rich.console import Console
 from rich.syntax import Syntax
 
+from gateway.scheduler.policies import POLICIES
+
+POLICY_NAMES = ", ".join(POLICIES)
+
 app = typer.Typer(
     name="dualpath",
     help="An OpenAI-compatible gateway for agentic LLM traffic on SGLang PD clusters.",
@@ -55,9 +59,10 @@ def up(
             "embedded store server) or 'none'."
         ),
     ] = "embedded",
-    read_path: Annotated[
-        str, typer.Option(help="Default read path for cached KV: pe or de.")
-    ] = "pe",
+    policy: Annotated[
+        str | None,
+        typer.Option(help=f"Scheduling policy: {POLICY_NAMES} (default dualpath-slo)."),
+    ] = None,
     kv_capacity_bytes: Annotated[
         int, typer.Option(min=1, help="Embedded KV store: bytes it may hold (LRU past that).")
     ] = 256 << 20,
@@ -80,8 +85,8 @@ def up(
         raise typer.BadParameter(f"known: {', '.join(sorted(MODELS))}", param_hint="--engine-model")
     if redis and redis != "embedded" and not redis.startswith(("redis://", "rediss://")):
         raise typer.BadParameter("a redis:// URL or 'embedded'", param_hint="--redis")
-    if read_path not in ("pe", "de"):
-        raise typer.BadParameter("pe or de", param_hint="--read-path")
+    if policy is not None and policy not in POLICY_NAMES.split(", "):
+        raise typer.BadParameter(f"known: {POLICY_NAMES}", param_hint="--policy")
     plan = ClusterPlan(
         prefill,
         decode,
@@ -95,7 +100,7 @@ def up(
         redis,
         kv=kv,
         kv_capacity_bytes=kv_capacity_bytes,
-        read_path=read_path,
+        policy=policy,
         snic_gbps=snic_gbps,
         cnic_gbps=cnic_gbps,
     )
@@ -148,9 +153,7 @@ def serve(
     tokenizer: Annotated[
         str | None, typer.Option(help="The workers' HuggingFace tokenizer.json.")
     ] = None,
-    read_path: Annotated[
-        str | None, typer.Option(help="Default read path for cached KV: pe or de.")
-    ] = None,
+    policy: Annotated[str | None, typer.Option(help=f"Scheduling policy: {POLICY_NAMES}.")] = None,
 ) -> None:
     """Run the gateway alone against the workers named in a cluster file."""
     from gateway.errors import ConfigError
@@ -164,7 +167,7 @@ def serve(
             port=port,
             redis_url=redis,
             tokenizer=tokenizer,
-            read_path=read_path,
+            policy=policy,
         )
     except ConfigError as exc:
         console.print(f"[red]{exc}[/]")

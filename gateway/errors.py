@@ -7,7 +7,8 @@
         ├── ModelNotFound           404 model_not_found
         ├── PayloadTooLarge         413
         ├── UnsupportedMediaType    415
-        ├── NoHealthyWorker         503 + Retry-After
+        ├── Overloaded              429 + Retry-After: the scheduler shed it (predicted wait)
+        ├── NoHealthyWorker         503 + Retry-After (also: held past the hold timeout)
         └── UpstreamFailed          502/504: a worker failed or timed out
 
 `engines` errors are translated into these in exactly one place, `gateway.pd_dispatch`.
@@ -101,6 +102,15 @@ class NoHealthyWorker(APIError):
     status = 503
     type = "service_unavailable"
     code = "no_healthy_worker"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class Overloaded(APIError):
+    status = 429
+    type = "rate_limit_error"
+    code = "overloaded"
 
     def __init__(self, message: str, *, retry_after_s: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})

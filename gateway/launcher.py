@@ -56,8 +56,8 @@ class ClusterPlan:
     """Embedded store: memory it may hold."""
     kv_scale: float = 256.0
     """Stored block bytes = modelled bytes / kv_scale."""
-    read_path: str = "pe"
-    """Default read path for cached KV: `pe` or `de`."""
+    policy: str | None = None
+    """The gateway's scheduling policy; None: its default (`dualpath-slo`)."""
     snic_gbps: float | None = None
     cnic_gbps: float | None = None
     """Every node's storage / compute NIC in GB/s; None: the cost model's node (DESIGN.md)."""
@@ -164,7 +164,8 @@ class Cluster:
             serve += ["--redis", redis_url]
         if p.tokenizer:
             serve += ["--tokenizer", p.tokenizer]
-        serve += ["--read-path", p.read_path]
+        if p.policy:
+            serve += ["--policy", p.policy]
         self.children.append(Child("gateway", self._cli(*serve), f"http://{p.host}:{p.port}/ready"))
 
     def launch(self, timeout_s: float, on_ready: object = None) -> None:

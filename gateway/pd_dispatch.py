@@ -52,6 +52,12 @@ class Completed:
 
 
 OnComplete = Callable[[Completed], None]
+OnEnd = Callable[[Completed | None], None]
+"""Called exactly once however a request ends: its `Completed`, or None when it failed."""
+
+
+def _ignore(_: Completed | None) -> None:
+    pass
 
 
 def _translate(exc: UpstreamError) -> APIError:
@@ -211,31 +217,45 @@ class PDDispatcher:
         *,
         response_headers: Mapping[str, str] | None = None,
         on_complete: OnComplete | None = None,
+        on_first_chunk: Callable[[], None] | None = None,
+        on_end: OnEnd | None = None,
         messages_json: bytes | None = None,
         kv: KVRoute | None = None,
     ) -> Response:
-        """Relay one request; `on_complete` is called once if (and only if) it finishes.
+        """Relay one request; `on_complete` is called once if (and only if) it finishes,
+        `on_first_chunk` when the first token goes out (streams), `on_end` in every case.
 
         `messages_json`, when given, is `orjson.dumps(req.body["messages"])` already made (the
         session step needs it too), so a long context is serialised once, not twice.
         """
-        response, prefill, rid = await self._open_decode(req, pair, headers, messages_json, kv)
+        end = on_end or _ignore
+        try:
+            response, prefill, rid = await self._open_decode(req, pair, headers, messages_json, kv)
+        except BaseException:
+            end(None)
+            raise
         self._close_on_prefill_failure(prefill, response)
         if req.stream:
-            relay = self._relay(req, pair, response, prefill, rid, on_complete)
+            relay = self._relay(req, pair, response, prefill, rid, on_complete, on_first_chunk, end)
             return RelayResponse(relay, {**_SSE_HEADERS, **(response_headers or {})})
         try:
             body = await response.read()
             await prefill
         except (UpstreamError, APIError) as exc:
             self.abort_both(pair, rid)
+            end(None)
             raise _failure(exc, prefill) from exc
+        except BaseException:
+            end(None)
+            raise
         finally:
             prefill.cancel()
             await response.aclose()
         patched, usage = patch_response_usage(body)
+        done = Completed(usage, None, time.monotonic())
         if on_complete is not None:
-            on_complete(Completed(usage, None, time.monotonic()))
+            on_complete(done)
+        end(done)
         return Response(patched, media_type="application/json", headers=response_headers)
 
     async def _relay(
@@ -246,29 +266,36 @@ class PDDispatcher:
         prefill: asyncio.Task[None],
         rid: str | None,
         on_complete: OnComplete | None,
+        on_first_chunk: Callable[[], None] | None,
+        on_end: OnEnd,
     ) -> AsyncIterator[bytes]:
         usage = SSEUsageFilter(req.include_usage)
         finished = False
         first_at: float | None = None
+        done: Completed | None = None
         try:
             async for chunk in response.chunks():
                 out = usage.feed(chunk)
                 if out:
                     if first_at is None:
                         first_at = time.monotonic()
+                        if on_first_chunk is not None:
+                            on_first_chunk()
                     yield out
             yield usage.flush()
             if _failed(prefill):
                 raise UpstreamError("the prefill leg failed", phase="prefill")
             finished = True
+            done = Completed(usage.usage, first_at, time.monotonic())
             if on_complete is not None:
-                on_complete(Completed(usage.usage, first_at, time.monotonic()))
+                on_complete(done)
         except (UpstreamError, APIError) as exc:
             # The stream already started: tell the client in-band and end it cleanly.
             err = _failure(exc, prefill)
             log.warning("stream from %s broke: %s", pair.decode.url, err.message)
             yield b"data: " + err.json_bytes() + b"\n\n" + _DONE
         finally:
+            on_end(done)
             if not finished:
                 self.abort_both(pair, rid)
                 prefill.cancel()

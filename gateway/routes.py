@@ -12,9 +12,10 @@ from starlette.responses import JSONResponse, Response
 from engines.worker_registry import Worker, WorkerRegistry
 from gateway.errors import ModelNotFound
 from gateway.kv_route import KVRoute
-from gateway.pd_dispatch import FORWARDED_HEADERS, PDDispatcher
-from gateway.placement import Placement
+from gateway.pd_dispatch import FORWARDED_HEADERS, Completed, PDDispatcher
 from gateway.request_parsing import check_content_type, parse_request, read_body
+from gateway.sched_request import sched_request
+from gateway.scheduling import LiveScheduler
 from gateway.session_turns import SessionTurns
 from gateway.settings import GatewaySettings
 from session.identity import SESSION_HEADER
@@ -26,7 +27,7 @@ class GatewayState:
 
     settings: GatewaySettings
     registry: WorkerRegistry
-    placement: Placement
+    scheduler: LiveScheduler
     dispatcher: PDDispatcher
     sessions: SessionTurns
     started: int
@@ -47,27 +48,39 @@ async def _generate(request: Request) -> Response:
     check_content_type(headers)
     raw = await read_body(headers, request.stream(), state.settings.limits)
     parsed = parse_request(request.url.path, raw, state.settings.limits)
-    if parsed.model not in state.registry.models():
+    model = parsed.model
+    if model not in state.registry.models():
         raise ModelNotFound(
-            f"The model '{parsed.model}' does not exist or is not served here", param="model"
+            f"The model '{model}' does not exist or is not served here", param="model"
         )
     turn = await state.sessions.begin(parsed, headers)
-    pair = state.placement.choose(parsed.model)
+    plan = turn.plan if turn is not None else None
+    wanted = sched_request(parsed, plan, headers, len(raw), state.settings.scheduler, started_at)
+    decision, pair = await state.scheduler.place(model, wanted)
+    scheduler, rid = state.scheduler, wanted.rid
+
+    def on_end(done: Completed | None) -> None:
+        output = (done.usage or {}).get("completion_tokens") if done is not None else None
+        if done is not None and done.first_chunk_at is None:  # not streamed: no first token seen
+            scheduler.first_token(model, rid)
+        scheduler.finished(model, rid, output if isinstance(output, int) else None)
+
     forwarded = {h: headers[h] for h in FORWARDED_HEADERS if h in headers}
     kv = KVRoute(
-        state.sessions.chain_root(headers, parsed.model),
-        state.settings.kv.read_path,
-        turn.plan.hit_tokens if turn is not None else None,
+        state.sessions.chain_root(headers, model),
+        decision.read_path,
+        decision.pe_share,
+        plan.hit_tokens if plan is not None else None,
     )
-    if turn is None:
-        return await state.dispatcher.dispatch(parsed, pair, forwarded, kv=kv)
     return await state.dispatcher.dispatch(
         parsed,
         pair,
         forwarded,
-        response_headers={SESSION_HEADER: turn.plan.session_id},
-        on_complete=state.sessions.on_complete(turn.plan, started_at, pair),
-        messages_json=turn.messages_json,
+        response_headers={SESSION_HEADER: plan.session_id} if plan is not None else None,
+        on_complete=state.sessions.on_complete(plan, started_at, pair) if plan else None,
+        on_first_chunk=lambda: scheduler.first_token(model, rid),
+        on_end=on_end,
+        messages_json=turn.messages_json if turn is not None else None,
         kv=kv,
     )
 

@@ -17,6 +17,8 @@ import yaml
 from engines.pd_client import UpstreamTimeouts
 from engines.worker_registry import HealthPolicy
 from gateway.errors import ConfigError
+from gateway.scheduler.config import SchedulerConfig
+from gateway.scheduler.policies import POLICIES
 
 ROLES = ("prefill", "decode")
 
@@ -67,12 +69,14 @@ class SessionConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class KVConfig:
-    """How requests' cached KV is loaded (workers that advertise `dualpath_kv` only)."""
+class SchedulingConfig:
+    """The gateway's side of scheduling; the policy's own knobs are `SchedulerConfig`."""
 
-    read_path: str = "pe"
-    """`pe` (the prefill's storage NIC) or `de` (the decode's, then the compute network); the
-    default until the scheduler chooses per request."""
+    hold_timeout_s: float = 120.0
+    """A request held this long without a placement gets 503 + Retry-After."""
+    engine_model: str = "ds-v3.2-660b"
+    """Cost model (`engines.engine_model.MODELS`) of workers whose /server_info names none we
+    know (stock SGLang): the scheduler's predictions start from it, feedback corrects them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +94,9 @@ class GatewaySettings:
     upstream_connections: int = 1024
     """Connection pool size towards the workers."""
     sessions: SessionConfig = field(default_factory=SessionConfig)
-    kv: KVConfig = field(default_factory=KVConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    """`DUALPATH_SCHEDULER_POLICY`, `DUALPATH_SCHEDULER_TTFT_S`, …: every field by name."""
+    scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     tokenizer: str = ""
     """The workers' HuggingFace tokenizer.json; empty = the built-in tokenizer."""
     log_level: str = "warning"
@@ -155,14 +161,15 @@ def load_settings(
     port: int | None = None,
     redis_url: str | None = None,
     tokenizer: str | None = None,
-    read_path: str | None = None,
+    policy: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> GatewaySettings:
     """Defaults, then `DUALPATH_*` environment variables, then the CLI's flags."""
     settings = _from_env(GatewaySettings(), os.environ if env is None else env, "DUALPATH_")
-    kv = settings.kv if read_path is None else replace(settings.kv, read_path=read_path)
-    if kv.read_path not in ("pe", "de"):
-        raise ConfigError(f"KV read path must be pe or de, not {kv.read_path!r}")
+    scheduler = settings.scheduler if policy is None else replace(settings.scheduler, policy=policy)
+    if scheduler.policy not in POLICIES:
+        known = ", ".join(POLICIES)
+        raise ConfigError(f"unknown scheduling policy {scheduler.policy!r}; known: {known}")
     sessions = settings.sessions
     if redis_url is not None:
         sessions = replace(sessions, redis_url=redis_url)
@@ -177,5 +184,5 @@ def load_settings(
         port=settings.port if port is None else port,
         tokenizer=settings.tokenizer if tokenizer is None else tokenizer,
         sessions=sessions,
-        kv=kv,
+        scheduler=scheduler,
     )

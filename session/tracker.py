@@ -107,6 +107,8 @@ class TurnPlan:
     new_blocks: tuple[bytes, ...]
     tenant: str
     model: str
+    expected_output_tokens: int | None
+    """Mean output of the session's recent turns (None for a new session): for scheduling."""
     _tip: ChainTip = field(repr=False)
     _checkpoints: bytes = field(repr=False)
     _replaced_tip: bytes | None = field(repr=False)
@@ -367,6 +369,7 @@ class SessionTracker:
             new_blocks=tuple(blocks),
             tenant=prompt.tenant,
             model=prompt.model,
+            expected_output_tokens=_mean_output(record),
             _tip=tip,
             _checkpoints=b"".join(points),
             _replaced_tip=record.tip.digest if record is not None else None,
@@ -377,6 +380,13 @@ class SessionTracker:
 
     async def finish(self, plan: TurnPlan, outcome: TurnOutcome) -> None:
         await self.store.commit(plan.commit(outcome))
+
+
+def _mean_output(record: SessionRecord | None) -> int | None:
+    if record is None:
+        return None
+    outputs = [f.output_tokens for f in record.recent] or [record.output_tokens]
+    return round(sum(outputs) / len(outputs))
 
 
 def _system_prefix(messages: Sequence[Mapping[str, Any]]) -> int:

@@ -68,11 +68,12 @@ def plans(
     pe_all = hit / pn.snic_bytes_per_s  # all the hit KV over each link alone
     x_all = hit / pn.cnic_bytes_per_s
     de_all = hit / dn.snic_bytes_per_s
-    if split and hit > 0.0:
+    if split and pe_all > 0.0:  # (all-instant links, as in time-scale-0 tests: nothing to split)
         # The prefill route rises with the share, the decode route (the slower of its read and
         # its transfer) falls: they cross at the larger of the two crossings.
         share = max(
-            (de_q + de_all - pe_q) / (pe_all + de_all), (pe_x + x_all - pe_q) / (pe_all + x_all)
+            (de_q + de_all - pe_q) / (pe_all + de_all),
+            (pe_x + x_all - pe_q) / (pe_all + x_all),
         )
         if (
             share * hit_tokens >= MIN_SPLIT_TOKENS

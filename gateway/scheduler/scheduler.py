@@ -117,6 +117,14 @@ class Scheduler:
             self.last_hold = None
         return out
 
+    def drop_head(self) -> SchedRequest | None:
+        """Remove the request at the head (the caller's way out when placing it failed)."""
+        req = self._queue.pop()
+        if req is not None:
+            self._unhold(req.rid)
+            self.counters.cancelled += 1
+        return req
+
     def cancel(self, rid: str) -> bool:
         """A held request gone (client away, gateway timeout): forget it."""
         req = self._queue.remove(rid)

@@ -8,7 +8,7 @@ from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.decision import Decision, Hold
 from gateway.scheduler.policies import POLICIES, make_policy
 from gateway.scheduler.request import SchedRequest
-from tests.gateway.scheduler.builders import COST, cluster, request
+from tests.gateway.scheduler.builders import COST, LinearCost, cluster, request
 
 
 def _place(name: str, state, req: SchedRequest, now: float = 0.0, **config) -> Decision | Hold:  # type: ignore[no-untyped-def]
@@ -209,3 +209,11 @@ def test_a_worker_that_only_reads_on_its_own_side_gets_the_prefill_path(name: st
     state.add_engine("d0", "decode", COST, read_paths=frozenset({"pe"}))  # a stock SGLang
     state.engines["p0"].node.snic_free_at = 1.0  # the decode side would be faster
     assert _decided(_place(name, state, request())).read_path == "pe"
+
+
+def test_instant_links_are_no_reason_to_divide_by_zero() -> None:
+    """Time-scale-0 workers model every link as infinitely fast."""
+    fast = LinearCost(snic_bytes_per_s=float("inf"), cnic_bytes_per_s=float("inf"))
+    state = cluster(1, 1, cost=fast)
+    d = _decided(_place("dualpath-slo", state, request(hit=4096)))
+    assert d.read_path in ("pe", "de")
