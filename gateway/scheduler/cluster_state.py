@@ -31,6 +31,7 @@ RANKINGS: dict[str, Key] = {
     "tok": attrgetter("tok"),
     "seq": attrgetter("seq"),
     "read_q": attrgetter("node.snic_free_at"),
+    "ready": lambda e: max(e.compute_free_at, e.node.snic_free_at),
 }
 """What `ClusterState.ranked` can order engines by (absolute values: time keeps the order)."""
 SCAN_MAX = 8

@@ -35,7 +35,7 @@ class SchedulerConfig:
     split: bool = True
     """`dualpath-slo` may split one request's read between both sides."""
     shortlist: int = 2
-    """`dualpath-slo`: engines per ranking (queue, read queue, load) whose pairs are predicted;
+    """`dualpath-slo`: engines per ranking (soonest start, shortest read queue) that are paired;
     keeps a decision O(shortlist² + engines) rather than O(prefill × decode)."""
     feedback_weight: float = 0.2
     """Weight of the newest observed/predicted ratio in an engine's correction factor."""

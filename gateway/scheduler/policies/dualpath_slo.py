@@ -2,14 +2,14 @@
 
 Two decode engines with KV memory are paired: the lower predicted TPOT of the one with the
 fewest tokens and the one with the fewest requests, and the one with the shortest node read
-queue if it keeps TPOT within target.
-Prefill engines are shortlisted by shortest compute queue and by shortest node
-read queue; each is paired with the first, the best of them with the second. For each pair and
-read plan (prefill side, decode side, and the split that makes
-both routes finish together) TTFT is predicted (`prediction`), corrected by each engine's
-observed/predicted factor. Rank: TPOT within target first, then TTFT, then the earlier end of
-the read (storage-NIC balance), then TPOT (decode balance). A split is kept only when it lowers
-TTFT below both single routes. The shortlists keep a decision O(k log n), not O(P × D).
+queue if it keeps TPOT within target. Prefill engines are shortlisted by the earliest they could
+start (the later of their compute queue and their node's read queue) and by the shortest node
+read queue; each is paired with the first decode engine, the best of them with the second. For
+each pair and read plan (prefill side, decode side, and the split that makes both routes finish
+together) TTFT is predicted (`prediction`), corrected by each engine's observed/predicted
+factor. Rank: TPOT within target first, then TTFT, then the earlier end of the read (storage-NIC
+balance), then TPOT (decode balance). A split is kept only when it lowers TTFT below both single
+routes. The shortlists keep a decision O(k log n), not O(P × D).
 
 Dispatch when the best meets the request's deadline. When nothing does, dispatch anyway if its
 prefill engine would otherwise go idle (its work would start within `admit_backlog_s`): a late
@@ -18,6 +18,8 @@ deadline first, so the oldest goes next and none starves.
 """
 
 from __future__ import annotations
+
+from operator import itemgetter
 
 from gateway.scheduler.cluster_state import ClusterState, EngineState
 from gateway.scheduler.config import SchedulerConfig
@@ -33,8 +35,9 @@ GRAIN = 0.01
 EXPLAINED = 6
 """Candidates kept with a decision, best first."""
 
-# (TPOT missed, prefill, decode, prefill share, TTFT, TPOT, end of the read)
-_Rated = tuple[bool, EngineState, EngineState, float, float, float, float]
+# (rank key, TPOT missed, prefill, decode, prefill share, TTFT, TPOT, end of the read)
+_Rated = tuple[tuple[object, ...], bool, EngineState, EngineState, float, float, float, float]
+_FIRST = itemgetter(0)
 
 
 def _unique(engines: list[EngineState]) -> list[EngineState]:
@@ -87,28 +90,19 @@ class DualPathSLO:
         pes = cluster.healthy("prefill")
         if len(pes) > 2 * k:
             pes = _unique(
-                cluster.ranked("prefill", "queue", k) + cluster.ranked("prefill", "read_q", k)
+                cluster.ranked("prefill", "ready", k) + cluster.ranked("prefill", "read_q", k)
             )
         # Every prefill engine with the lightest decode engine, then the best prefill engine
         # with the decode engine whose storage NIC is freest, if that is another one.
         rated = self._rate(req, now, pes, decodes[:1])
         if len(decodes) > 1:
-            fastest = min(rated, key=lambda r: (r[4], r[1].index))[1]
-            rated += self._rate(req, now, [fastest], decodes[1:])
-        rated.sort(key=lambda r: self._key(r, req))
-        candidates = [Candidate(r[1].id, r[2].id, r[3], r[4], r[5]) for r in rated[:EXPLAINED]]
-        missed, pe, loaded = rated[0][0], rated[0][1], rated[0][6]
+            rated += self._rate(req, now, [min(rated, key=_FIRST)[2]], decodes[1:])
+        rated.sort(key=_FIRST)
+        _, missed, pe, _, _, _, tpot, loaded = rated[0]
         if missed:
-            return Hold(
-                f"every decode engine would exceed the TPOT target (best {rated[0][5]:.4f}s)"
-            )
+            return Hold(f"every decode engine would exceed the TPOT target (best {tpot:.4f}s)")
+        candidates = [Candidate(r[2].id, r[3].id, r[4], r[5], r[6]) for r in rated[:EXPLAINED]]
         return self._verdict(req, candidates, pe, loaded, now)
-
-    @staticmethod
-    def _key(r: _Rated, req: SchedRequest) -> tuple[object, ...]:
-        grain = GRAIN * req.ttft_target_s
-        missed, pe, de, share, ttft, tpot, loaded = r
-        return (missed, round(ttft / grain), round(loaded / grain), tpot, pe.index, de.index, share)
 
     def _rate(
         self,
@@ -117,7 +111,10 @@ class DualPathSLO:
         pes: list[EngineState],
         decodes: list[tuple[bool, float, EngineState]],
     ) -> list[_Rated]:
+        """Every (prefill, decode, read plan) with its rank key: TPOT within target, TTFT, the
+        end of the read, TPOT, then registration order."""
         c = self._config
+        per_grain = 1.0 / (GRAIN * req.ttft_target_s)
         rated: list[_Rated] = []
         turns: dict[int, TurnCost] = {}
         for pe in pes:
@@ -137,7 +134,16 @@ class DualPathSLO:
                     if 0.0 < share < 1.0 and ttft >= single * (1.0 - SPLIT_GAIN):
                         continue  # a split must beat both single routes
                     single = min(single, ttft)
-                    rated.append((missed, pe, de, share, ttft, tpot, loaded))
+                    key = (
+                        missed,
+                        round(ttft * per_grain),
+                        round(loaded * per_grain),
+                        tpot,
+                        pe.index,
+                        de.index,
+                        share,
+                    )
+                    rated.append((key, missed, pe, de, share, ttft, tpot, loaded))
         return rated
 
     def _verdict(
