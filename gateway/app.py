@@ -17,12 +17,15 @@ from engines.worker_loads import LoadPoller
 from engines.worker_registry import Worker, WorkerRegistry
 from gateway.debug_routes import router as debug_router
 from gateway.errors import APIError, InvalidRequest, MethodNotAllowed, NotFound
+from gateway.hit_probe import HitProbe
 from gateway.pd_dispatch import PDDispatcher
 from gateway.routes import GatewayState, router
 from gateway.scheduling import LiveScheduler
 from gateway.session_routes import router as session_router
 from gateway.session_turns import SessionTurns
 from gateway.settings import GatewaySettings
+from kvstore.open_store import open_store
+from kvstore.store import KVStore
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,11 @@ async def _on_unexpected(_: Request, exc: Exception) -> Response:
 def create_app(settings: GatewaySettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # First, so a store that cannot be set up stops the start before anything runs. The
+        # gateway only looks blocks up: it lends the store no memory (Mooncake segment 0).
+        kv_store: KVStore | None = None
+        if settings.kv.store_url:
+            kv_store = await open_store(settings.kv.store_url, segment_bytes=0)
         client = UpstreamClient(settings.timeouts, settings.upstream_connections)
         workers = [Worker(s.url, s.role, s.bootstrap_port) for s in settings.workers]
         registry = WorkerRegistry(workers, client, settings.health)
@@ -83,6 +91,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             dispatcher=PDDispatcher(client),
             sessions=sessions,
             started=int(time.time()),
+            hit_probe=HitProbe(kv_store, settings.kv.probe_timeout_s) if kv_store else None,
         )
         try:
             yield
@@ -92,6 +101,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             scheduler.close()
             await registry.stop()
             await client.aclose()
+            if kv_store is not None:
+                await kv_store.close()
 
     app = FastAPI(title="dualpath-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(router)

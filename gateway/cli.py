@@ -154,6 +154,13 @@ def serve(
         str | None, typer.Option(help="The workers' HuggingFace tokenizer.json.")
     ] = None,
     policy: Annotated[str | None, typer.Option(help=f"Scheduling policy: {POLICY_NAMES}.")] = None,
+    kv_store: Annotated[
+        str | None,
+        typer.Option(
+            help="The workers' KV store (http://HOST:PORT, mooncake://HOST:PORT): each turn's "
+            "estimated hit is checked against it before scheduling."
+        ),
+    ] = None,
 ) -> None:
     """Run the gateway alone against the workers named in a cluster file."""
     from gateway.errors import ConfigError
@@ -168,6 +175,7 @@ def serve(
             redis_url=redis,
             tokenizer=tokenizer,
             policy=policy,
+            kv_store=kv_store,
         )
     except ConfigError as exc:
         console.print(f"[red]{exc}[/]")

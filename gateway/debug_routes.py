@@ -1,18 +1,20 @@
 """`GET /debug/decisions`: why each recent request went where it went.
 
 The last N scheduling decisions per model with the candidates weighed and their predicted TTFT
-and TPOT, what is held and why, and the scheduler's view of every engine. (Admin-only once keys
-exist, issue 8.)
+and TPOT, what is held and why, the scheduler's view of every engine, and how often the KV store
+confirmed or lowered the session step's estimated hits (`hit_probe`, null when not checked).
+(Admin-only once keys exist, issue 8.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import JSONResponse
 
-from gateway.scheduling import LiveScheduler
+from gateway.routes import GatewayState
 
 router = APIRouter()
 
@@ -21,5 +23,8 @@ router = APIRouter()
 async def decisions(
     request: Request, limit: Annotated[int, Query(ge=0, le=1000)] = 50
 ) -> JSONResponse:
-    scheduler: LiveScheduler = request.app.state.gateway.scheduler
-    return JSONResponse(scheduler.explain(limit))
+    state: GatewayState = request.app.state.gateway
+    body = state.scheduler.explain(limit)
+    probe = state.hit_probe
+    body["hit_probe"] = dataclasses.asdict(probe.counters) if probe is not None else None
+    return JSONResponse(body)

@@ -166,6 +166,8 @@ class Cluster:
             serve += ["--tokenizer", p.tokenizer]
         if p.policy:
             serve += ["--policy", p.policy]
+        if kv_url:  # the workers' store: the gateway checks hits against what they hold
+            serve += ["--kv-store", kv_url]
         self.children.append(Child("gateway", self._cli(*serve), f"http://{p.host}:{p.port}/ready"))
 
     def launch(self, timeout_s: float, on_ready: object = None) -> None:

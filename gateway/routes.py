@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 
 from engines.worker_registry import Worker, WorkerRegistry
 from gateway.errors import ModelNotFound
+from gateway.hit_probe import HitProbe
 from gateway.kv_route import KVRoute
 from gateway.pd_dispatch import FORWARDED_HEADERS, Completed, PDDispatcher
 from gateway.request_parsing import check_content_type, parse_request, read_body
@@ -31,6 +32,8 @@ class GatewayState:
     dispatcher: PDDispatcher
     sessions: SessionTurns
     started: int
+    hit_probe: HitProbe | None = None
+    """Checks each turn's estimated hit against the KV store; None when no store is set."""
 
 
 router = APIRouter()
@@ -55,14 +58,19 @@ async def _generate(request: Request) -> Response:
         )
     turn = await state.sessions.begin(parsed, headers)
     plan = turn.plan if turn is not None else None
-    wanted = sched_request(parsed, plan, headers, len(raw), state.settings.scheduler, started_at)
+    hit = plan.hit_tokens if plan is not None else None
+    if plan is not None and state.hit_probe is not None:
+        # Evicted blocks are computed, not loaded: schedule and announce only what is stored.
+        hit = await state.hit_probe.confirmed_hit(plan)
+    wanted = sched_request(
+        parsed, plan, headers, len(raw), state.settings.scheduler, started_at, hit_tokens=hit
+    )
     decision, pair = await state.scheduler.place(model, wanted)
     scheduler, rid = state.scheduler, wanted.rid
 
     def on_end(done: Completed | None) -> None:
+        # Not streamed: no first token was seen, so no TTFT feeds back; the end frees both legs.
         output = (done.usage or {}).get("completion_tokens") if done is not None else None
-        if done is not None and done.first_chunk_at is None:  # not streamed: no first token seen
-            scheduler.first_token(model, rid)
         scheduler.finished(model, rid, output if isinstance(output, int) else None)
 
     forwarded = {h: headers[h] for h in FORWARDED_HEADERS if h in headers}
@@ -70,7 +78,7 @@ async def _generate(request: Request) -> Response:
         state.sessions.chain_root(headers, model),
         decision.read_path,
         decision.pe_share,
-        plan.hit_tokens if plan is not None else None,
+        hit,
     )
     return await state.dispatcher.dispatch(
         parsed,

@@ -81,9 +81,13 @@ def sched_request(
     body_bytes: int,
     config: SchedulerConfig,
     now: float,
+    *,
+    hit_tokens: int | None = None,
 ) -> SchedRequest:
+    """`hit_tokens`, when given, replaces the plan's estimate (the part the KV store holds)."""
     if plan is not None:
-        hit, append = plan.hit_tokens, max(plan.append_tokens, 1)
+        hit = plan.hit_tokens if hit_tokens is None else hit_tokens
+        append = max(plan.prompt_tokens - hit, 1)
         expected = plan.expected_output_tokens or DEFAULT_OUTPUT_TOKENS
     else:
         hit, append = 0, max(body_bytes // BYTES_PER_TOKEN, 1)

@@ -69,6 +69,20 @@ class SessionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KVConfig:
+    """The gateway's view of the KV store the workers share (see `gateway/hit_probe.py`)."""
+
+    store_url: str = ""
+    """`memory`, `http://HOST:PORT` or `mooncake://HOST:PORT` (`kvstore.open_store`): each
+    turn's estimated hit is checked against it before scheduling; empty = not checked."""
+    probe_timeout_s: float = 0.05
+    """Longest wait for that check; past it the turn keeps the estimate."""
+
+
+KV_STORE_SCHEMES = ("http://", "https://", "mooncake://")
+
+
+@dataclass(frozen=True, slots=True)
 class SchedulingConfig:
     """The gateway's side of scheduling; the policy's own knobs are `SchedulerConfig`."""
 
@@ -94,6 +108,8 @@ class GatewaySettings:
     upstream_connections: int = 1024
     """Connection pool size towards the workers."""
     sessions: SessionConfig = field(default_factory=SessionConfig)
+    kv: KVConfig = field(default_factory=KVConfig)
+    """`DUALPATH_KV_STORE_URL`, `DUALPATH_KV_PROBE_TIMEOUT_S`."""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     """`DUALPATH_SCHEDULER_POLICY`, `DUALPATH_SCHEDULER_TTFT_S`, …: every field by name."""
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
@@ -162,6 +178,7 @@ def load_settings(
     redis_url: str | None = None,
     tokenizer: str | None = None,
     policy: str | None = None,
+    kv_store: str | None = None,
     env: Mapping[str, str] | None = None,
 ) -> GatewaySettings:
     """Defaults, then `DUALPATH_*` environment variables, then the CLI's flags."""
@@ -177,6 +194,14 @@ def load_settings(
         ("redis://", "rediss://", "unix://")
     ):
         raise ConfigError(f"redis URL must start with redis://, not {sessions.redis_url!r}")
+    kv = settings.kv if kv_store is None else replace(settings.kv, store_url=kv_store)
+    if kv.store_url not in ("", "memory") and not kv.store_url.startswith(KV_STORE_SCHEMES):
+        raise ConfigError(
+            f"KV store URL must be memory, http://HOST:PORT or mooncake://HOST:PORT, "
+            f"not {kv.store_url!r}"
+        )
+    if not kv.probe_timeout_s > 0:  # NaN fails too
+        raise ConfigError(f"KV probe timeout must be positive, not {kv.probe_timeout_s}")
     return replace(
         settings,
         workers=workers,
@@ -184,5 +209,6 @@ def load_settings(
         port=settings.port if port is None else port,
         tokenizer=settings.tokenizer if tokenizer is None else tokenizer,
         sessions=sessions,
+        kv=kv,
         scheduler=scheduler,
     )

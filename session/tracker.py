@@ -12,6 +12,8 @@ The cycle per turn: one store round trip in `begin`, one in `finish`.
 
 from __future__ import annotations
 
+import bisect
+import struct
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from session.message_digest import (
     prefix_digests,
 )
 from session.record import (
+    CHECKPOINT_BYTES,
     ChainTip,
     Checkpoint,
     SessionRecord,
@@ -39,6 +42,11 @@ from session.record import (
 from session.store import SessionStore
 
 SYSTEM_ROLES = frozenset({"system", "developer"})
+MAX_PROBE_POINTS = 64
+"""Block keys a plan offers for checking its hit against the KV store (one batched look-up)."""
+_CHECKPOINT_TOKENS = struct.Struct("<4xI")
+"""A packed checkpoint's token count (`session.record`); its block hash is its last 16 bytes."""
+_HASH_BYTES = 16
 
 
 class PromptRenderer(Protocol):
@@ -109,6 +117,7 @@ class TurnPlan:
     model: str
     expected_output_tokens: int | None
     """Mean output of the session's recent turns (None for a new session): for scheduling."""
+    block_tokens: int
     _tip: ChainTip = field(repr=False)
     _checkpoints: bytes = field(repr=False)
     _replaced_tip: bytes | None = field(repr=False)
@@ -119,6 +128,52 @@ class TurnPlan:
     @property
     def append_tokens(self) -> int:
         return self.prompt_tokens - self.hit_tokens
+
+    def probe_points(self, limit: int = MAX_PROBE_POINTS) -> list[tuple[int, bytes]]:
+        """(block index, block key) pairs inside the hit whose keys this plan knows, by index.
+
+        The keys are the chain's, so the workers store those very blocks under them: each kept
+        checkpoint's block hash (block `tokens // block_tokens - 1`; the chain root, index -1, is
+        no block) and every new block. Past `limit` the newest half stays exact (the tail of a
+        chain is what eviction takes first, and the last hit block matters most) and the older
+        ones are thinned evenly. Checkpoints are read in place: a session keeps thousands, and
+        this runs on every turn.
+        """
+        if limit <= 0:
+            return []
+        block = self.block_tokens
+        hit_blocks = self.hit_tokens // block
+        new = [
+            (self.first_new_block + i, key)
+            for i, key in enumerate(self.new_blocks[: max(hit_blocks - self.first_new_block, 0)])
+        ]
+        raw = self._checkpoints
+        count = len(raw) // CHECKPOINT_BYTES
+
+        def index_at(position: int) -> int:
+            (tokens,) = _CHECKPOINT_TOKENS.unpack_from(raw, position * CHECKPOINT_BYTES)
+            return int(tokens) // block - 1
+
+        # Checkpoints are in chain order (block indexes never decrease). Those at index -1 name
+        # the root, and those the new blocks cover add nothing.
+        first = bisect.bisect_left(range(count), 0, key=index_at)
+        end = bisect.bisect_left(range(count), min(hit_blocks, self.first_new_block), key=index_at)
+        end = max(end, first)
+        total = end - first + len(new)
+        newest = min(total, limit - limit // 2)
+        older = min(total - newest, limit // 2)
+        picks = [(total - newest) * i // older for i in range(older)]  # evenly, oldest first
+        points: dict[int, bytes] = {}
+        for j in [*picks, *range(total - newest, total)]:
+            if j >= end - first:
+                index, key = new[j - (end - first)]
+            else:
+                position = first + j
+                index = index_at(position)
+                stop = (position + 1) * CHECKPOINT_BYTES
+                key = raw[stop - _HASH_BYTES : stop]
+            points[index] = key  # consecutive checkpoints can share a block: one probe
+        return sorted(points.items())
 
     def commit(self, outcome: TurnOutcome) -> TurnCommit:
         facts = TurnFacts(
@@ -370,6 +425,7 @@ class SessionTracker:
             tenant=prompt.tenant,
             model=prompt.model,
             expected_output_tokens=_mean_output(record),
+            block_tokens=block,
             _tip=tip,
             _checkpoints=b"".join(points),
             _replaced_tip=record.tip.digest if record is not None else None,

@@ -222,3 +222,79 @@ async def test_incremental_hashes_equal_hashing_from_scratch(
         assert plan.new_blocks == scratch.new_blocks[plan.first_new_block :]
         assert plan.hit_tokens <= plan.prompt_tokens - 1 or plan.prompt_tokens == 0
         assert plan.hit_tokens % BLOCK == 0
+
+
+# --- probe points: the keys a plan offers for checking its hit against the KV store ----------
+
+
+def worker_keys(messages: Sequence[Mapping[str, Any]], tenant: str = "t1") -> list[bytes]:
+    """The block keys a worker stores this prompt under (`engines/sim_worker/kv_io.py`): the
+    whole rendered prompt chained from the root the gateway sends it."""
+    root = block_key.chain_root(b"", tenant, "m")
+    return block_key.chain_blocks(root, TOKENIZER.encode(render_chat(messages)), BLOCK)
+
+
+def check_probe_points(plan: TurnPlan, messages: Sequence[Mapping[str, Any]], limit: int) -> None:
+    points = plan.probe_points(limit)
+    hit_blocks = plan.hit_tokens // BLOCK
+    indexes = [i for i, _ in points]
+    assert indexes == sorted(set(indexes)) and len(points) <= limit
+    assert all(0 <= i < hit_blocks for i in indexes)
+    keys = worker_keys(messages)
+    assert all(key == keys[i] for i, key in points)
+    if hit_blocks:  # the last hit block, the one eviction takes first, is always probed
+        assert indexes[-1] == hit_blocks - 1
+
+
+@given(turns=st.lists(_messages, min_size=1, max_size=5), rewrite=st.integers(0, 20))
+async def test_probe_points_are_worker_keys_inside_the_hit(
+    turns: list[list[tuple[str, int, int]]], rewrite: int
+) -> None:
+    tr = tracker()
+    claimed = ClaimedSession("s", "header") if rewrite % 2 else None
+    history: list[dict[str, Any]] = [{"role": "system", "content": text(1, 20)}]
+    for step, new in enumerate(turns):
+        if step == 2 and len(history) > 1:  # a rewrite (named) or a fork (unnamed)
+            cut = 1 + rewrite % (len(history) - 1)
+            history = [*history[:cut], {"role": "user", "content": f"rewritten {rewrite}"}]
+        history += [{"role": r, "content": text(s, w)} for r, w, s in new]
+        plan = await turn(tr, prompt(history, claimed=claimed), output_tokens=rewrite)
+        for limit in (1, 4, 64):
+            check_probe_points(plan, history, limit)
+
+
+async def test_probe_points_of_a_long_session_are_bounded_and_keep_the_newest() -> None:
+    tr = tracker()
+    prompts = agent_turns(60)
+    for i, messages in enumerate(prompts):
+        plan = await turn(tr, prompt(messages), reply_tokens(messages, i))
+    assert plan.hit_tokens > 64 * BLOCK
+    every = plan.probe_points(limit=10**6)
+    assert len(every) > 64  # more checkpoints than the bound
+    bounded = plan.probe_points()
+    check_probe_points(plan, messages, 64)
+    assert len(bounded) == 64
+    assert bounded[32:] == every[-32:]  # the newest half exact
+    assert bounded[0] == every[0]  # the oldest always checked: a lost head is no hit at all
+    at = {point: i for i, point in enumerate(every)}
+    gaps = [at[b] - at[a] for a, b in itertools.pairwise(bounded[:33])]
+    assert max(gaps) - min(gaps) <= 1  # the older ones thinned evenly, not bunched
+
+
+async def test_probe_keys_are_members_of_a_worker_stored_chain() -> None:
+    from kvstore.embedded_store import EmbeddedKVStore
+
+    tr = tracker()
+    prompts = agent_turns(4)
+    for i, messages in enumerate(prompts):
+        plan = await turn(tr, prompt(messages), reply_tokens(messages, i))
+    store = EmbeddedKVStore(capacity_bytes=1 << 20)
+    try:
+        # What the workers left: the last prompt's blocks as its prefill wrote them.
+        await store.put([(key, b"kv") for key in worker_keys(prompts[-1])])
+        points = plan.probe_points()
+        assert points and await store.exists([key for _, key in points]) == [True] * len(points)
+        other = await turn(tr, prompt(prompts[-1], tenant="t2"))
+        assert other.probe_points() == []  # another tenant's session: no hit, nothing to probe
+    finally:
+        await store.close()
