@@ -245,6 +245,21 @@ class ClusterState:
 
     # --- what the workers say ------------------------------------------------------------------
 
+    def leaders(
+        self,
+        role: Role,
+        keys: tuple[str, ...],
+        accept: Callable[[EngineState], bool] | None = None,
+    ) -> list[EngineState]:
+        """For each of `keys`, the accepted healthy engine with the smallest key (ties to the
+        earlier registered); empty when none is accepted. One filtering pass for all keys."""
+        engines = self.healthy(role)
+        if len(engines) > SCAN_MAX:
+            found = [self._rankings[role][key].smallest(1, accept) for key in keys]
+            return [f[0] for f in found] if all(found) else []
+        pool = engines if accept is None else [e for e in engines if accept(e)]
+        return [min(pool, key=RANKINGS[key]) for key in keys] if pool else []
+
     def reconcile(self, engine_id: str, report: LoadReport) -> None:
         engine = self.engines.get(EngineId(engine_id))
         if engine is None:

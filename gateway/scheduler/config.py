@@ -34,7 +34,7 @@ class SchedulerConfig:
     prefill). Our simulated workers load first, then compute, so the default is off."""
     split: bool = True
     """`dualpath-slo` may split one request's read between both sides."""
-    shortlist: int = 2
+    shortlist: int = 1
     """`dualpath-slo`: engines per ranking (soonest start, shortest read queue) that are paired;
     keeps a decision O(shortlist² + engines) rather than O(prefill × decode)."""
     feedback_weight: float = 0.2

@@ -62,22 +62,24 @@ class DualPathSLO:
         def fits(d: EngineState) -> bool:
             return has_memory(d, req)
 
-        light = cluster.ranked("decode", "tok", 1, fits)
-        if not light:
+        leaders = cluster.leaders("decode", ("tok", "seq", "read_q"), fits)
+        if not leaders:
             if not cluster.healthy("decode"):
                 return Hold("no healthy decode engine")
             need = req.prompt_tokens + req.output_tokens
             return Hold(f"no healthy decode engine has KV memory for {need} tokens")
+        light, few, freest = leaders
         rated = []
-        for d in _unique(light + cluster.ranked("decode", "seq", 1, fits)):
+        for d in (light,) if few is light else (light, few):
             tpot = tpot_s(d, req) * d.tpot_factor
             rated.append((tpot > req.tpot_target_s and d.seq > 0, tpot, d))
         out = [min(rated, key=lambda r: (r[0], r[1], r[2].index))]
-        for d in cluster.ranked("decode", "read_q", 1, fits):
-            if d is not out[0][2]:
-                tpot = tpot_s(d, req) * d.tpot_factor
-                if tpot <= req.tpot_target_s or d.seq == 0:
-                    out.append((False, tpot, d))
+        first = out[0][2]
+        # Worth a second pairing only if its storage NIC is free noticeably sooner.
+        if freest.node.snic_free_at < first.node.snic_free_at - GRAIN * req.ttft_target_s:
+            tpot = tpot_s(freest, req) * freest.tpot_factor
+            if tpot <= req.tpot_target_s or freest.seq == 0:
+                out.append((False, tpot, freest))
         return out
 
     def place(self, req: SchedRequest, cluster: ClusterState, now: float) -> Decision | Hold:
