@@ -35,8 +35,8 @@ class SchedulerConfig:
     split: bool = True
     """`dualpath-slo` may split one request's read between both sides."""
     shortlist: int = 1
-    """`dualpath-slo`: engines per ranking (soonest start, shortest read queue) that are paired;
-    keeps a decision O(shortlist² + engines) rather than O(prefill × decode)."""
+    """`dualpath-slo`: prefill engines taken from each ranking (soonest start, shortest read
+    queue) to be paired; keeps a decision O(shortlist · log engines), not O(prefill × decode)."""
     feedback_weight: float = 0.2
     """Weight of the newest observed/predicted ratio in an engine's correction factor."""
     feedback_min: float = 0.25
