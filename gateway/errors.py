@@ -98,22 +98,23 @@ class UnsupportedMediaType(APIError):
     code = "unsupported_media_type"
 
 
-class NoHealthyWorker(APIError):
+class RetryLater(APIError):
+    """An error the client should retry after `retry_after_s` (sent as `Retry-After`)."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class NoHealthyWorker(RetryLater):
     status = 503
     type = "service_unavailable"
     code = "no_healthy_worker"
 
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
-
-class Overloaded(APIError):
+class Overloaded(RetryLater):
     status = 429
     type = "rate_limit_error"
     code = "overloaded"
-
-    def __init__(self, message: str, *, retry_after_s: int) -> None:
-        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
 
 
 class UpstreamFailed(APIError):

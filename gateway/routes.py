@@ -69,7 +69,7 @@ async def _generate(request: Request) -> Response:
     scheduler, rid = state.scheduler, wanted.rid
 
     def on_end(done: Completed | None) -> None:
-        # Not streamed: no first token was seen, so no TTFT feeds back; the end frees both legs.
+        # However it ends, both legs' work is released; unstreamed, no TTFT was seen to feed back.
         output = (done.usage or {}).get("completion_tokens") if done is not None else None
         scheduler.finished(model, rid, output if isinstance(output, int) else None)
 
