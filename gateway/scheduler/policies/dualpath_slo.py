@@ -127,7 +127,8 @@ class DualPathSLO:
             for missed, tpot, de in decodes:
                 single = float("inf")
                 paths = shared_paths(pe, de)
-                shares = SINGLE_ROUTES if "de" in paths else (1.0,)
+                # Nothing cached: nothing to read, so no route but the plain one.
+                shares = SINGLE_ROUTES if "de" in paths and req.hit_tokens > 0 else (1.0,)
                 split = c.split and "split" in paths
                 for share, raw, loaded in plans(
                     now, pe, de, turn, req.hit_tokens, c.layerwise, shares, split
@@ -143,7 +144,7 @@ class DualPathSLO:
                         tpot,
                         pe.index,
                         de.index,
-                        share,
+                        -share,  # a tie reads on the prefill side, as the paper's rule does
                     )
                     rated.append((key, missed, pe, de, share, ttft, tpot, loaded))
         return rated

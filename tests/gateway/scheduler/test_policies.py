@@ -217,3 +217,14 @@ def test_instant_links_are_no_reason_to_divide_by_zero() -> None:
     state = cluster(1, 1, cost=fast)
     d = _decided(_place("dualpath-slo", state, request(hit=4096)))
     assert d.read_path in ("pe", "de")
+
+
+def test_slo_reads_nothing_through_the_decode_side_when_nothing_is_cached() -> None:
+    d = _decided(_place("dualpath-slo", cluster(1, 1), request(hit=0)))
+    assert d.read_path == "pe" and [c.read_path for c in d.candidates] == ["pe"]
+
+
+def test_slo_breaks_a_tie_towards_the_prefill_side() -> None:
+    fast = LinearCost(snic_bytes_per_s=float("inf"), cnic_bytes_per_s=float("inf"))
+    d = _decided(_place("dualpath-slo", cluster(1, 1, cost=fast), request(hit=4096)))
+    assert d.read_path == "pe"
