@@ -1,0 +1,260 @@
+"""The simulator: agents replay their turns against a simulated PD cluster on a virtual clock.
+
+Each turn is a request to the gateway's own `Scheduler` (the policy objects of the live gateway,
+unchanged). A decision's reads queue on the nodes' storage NICs by the chosen shares (the decode
+side's part also crosses the prefill node's compute NIC, concurrently: the route is pipelined),
+the prefill computes once its KV is in, the KV the decode lacks crosses the decode node's compute
+NIC, the decode batch generates, and the agent's next turn comes after its tool latency. The
+scheduler hears the first token and the end, and every `report_interval_s` each engine's load
+(its node's NIC queues, its KV memory), as the gateway hears `/v1/loads`.
+
+As in the paper's evaluation (A.4), a turn's hit is its agent's whole earlier context (hits
+within a trajectory, a store that never evicts). `oracle` is `dualpath-slo` with free I/O.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+from engines.engine_model import EngineModel
+from gateway.scheduler.cluster_state import ClusterState, LoadReport
+from gateway.scheduler.config import SchedulerConfig
+from gateway.scheduler.decision import Decision, Shed
+from gateway.scheduler.request import RequestId, SchedRequest
+from gateway.scheduler.scheduler import Scheduler
+from loadtest.sim.event_loop import EventLoop
+from loadtest.sim.sim_engines import SimDecode, SimNode, SimPrefill
+
+ORACLE = "oracle"
+
+
+@dataclass(frozen=True, slots=True)
+class SimTurn:
+    append: int
+    output: int
+    tool_s: float = 0.0
+    """Tool latency before this turn is sent."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimAgent:
+    turns: tuple[SimTurn, ...]
+    arrival_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    model: str = "ds-v3.2-660b"
+    prefill: int = 2
+    decode: int = 4
+    policy: str = "dualpath-slo"
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    report_interval_s: float = 0.25
+    decode_kv_tokens: int = 4_000_000
+    """Each decode engine's KV pool."""
+
+
+@dataclass(slots=True)
+class TurnRecord:
+    agent: int
+    turn: int
+    arrival: float
+    hit: int
+    append: int
+    output: int
+    read_path: str = ""
+    first_token: float | None = None
+    end: float | None = None
+    shed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SimResult:
+    policy: str
+    records: tuple[TurnRecord, ...]
+    jct_s: float
+    snic_bytes: tuple[float, ...]
+    events: int
+    wall_s: float
+
+    @property
+    def snic_max_over_avg(self) -> float:
+        used = [b for b in self.snic_bytes]
+        mean = sum(used) / len(used) if used else 0.0
+        return max(used) / mean if mean > 0 else 1.0
+
+
+class _FreeIO:
+    """The oracle's cost model: the engine's, with storage and compute NICs of infinite speed."""
+
+    def __init__(self, model: EngineModel) -> None:
+        self._model = model
+        self.layers = model.layers
+        self.snic_bytes_per_s = float("inf")
+        self.cnic_bytes_per_s = float("inf")
+        self.kv_bytes = model.kv_bytes
+        self.prefill_compute_s = model.prefill_compute_s
+        self.decode_step_s = model.decode_step_s
+
+
+class Simulator:
+    def __init__(self, config: SimConfig, agents: list[SimAgent]) -> None:
+        self.config = config
+        self.agents = agents
+        self.loop = EventLoop()
+        self.model = EngineModel.named(config.model)
+        oracle = config.policy == ORACLE
+        policy = "dualpath-slo" if oracle else config.policy
+        cluster = ClusterState(replace(config.scheduler, policy=policy))
+        cost = _FreeIO(self.model) if oracle else self.model
+        self.nodes: dict[str, SimNode] = {}
+        self.prefills: dict[str, SimPrefill] = {}
+        self.decodes: dict[str, SimDecode] = {}
+        for i in range(config.prefill):
+            node = self.nodes[f"p{i}"] = SimNode(self.loop, self.model, instant=oracle)
+            self.prefills[f"p{i}"] = SimPrefill(self.loop, self.model, node)
+            cluster.add_engine(f"p{i}", "prefill", cost)
+        for i in range(config.decode):
+            node = self.nodes[f"d{i}"] = SimNode(self.loop, self.model, instant=oracle)
+            self.decodes[f"d{i}"] = SimDecode(self.loop, self.model, node, config.decode_kv_tokens)
+            cluster.add_engine(f"d{i}", "decode", cost, kv_capacity_tokens=config.decode_kv_tokens)
+        self.scheduler = Scheduler(cluster)
+        self._context = [0] * len(agents)
+        self._records: dict[str, TurnRecord] = {}
+        self._active = len(agents)
+        self._wake_at: float | None = None
+
+    # --- agents --------------------------------------------------------------------------------
+
+    def _send(self, agent: int, turn: int) -> None:
+        spec = self.agents[agent].turns[turn]
+        rid = f"{agent}:{turn}"
+        record = self._records.get(rid)
+        if record is None:
+            hit = self._context[agent]
+            record = TurnRecord(agent, turn, self.loop.now, hit, max(spec.append, 1), spec.output)
+            self._records[rid] = record
+        c = self.scheduler.config
+        req = SchedRequest(
+            RequestId(rid),
+            record.hit,
+            record.append,
+            record.output,
+            self.loop.now,
+            c.ttft_s,
+            c.tpot_s,
+            session=str(agent),
+        )
+        shed = self.scheduler.submit(req, self.loop.now)
+        if isinstance(shed, Shed):  # the agent retries when told to
+            record.shed += 1
+            self.loop.after(shed.retry_after_s, self._send, agent, turn)
+            return
+        self._schedule()
+
+    def _turn_done(self, record: TurnRecord) -> None:
+        agent = self.agents[record.agent]
+        self._context[record.agent] += record.append + record.output
+        nxt = record.turn + 1
+        if nxt < len(agent.turns):
+            self.loop.after(agent.turns[nxt].tool_s, self._send, record.agent, nxt)
+        else:
+            self._active -= 1
+
+    # --- the scheduler -------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        for decision in self.scheduler.schedule(self.loop.now):
+            self._dispatch(decision)
+        wake = self.scheduler.wake_at()
+        if wake is not None and (self._wake_at is None or wake < self._wake_at):
+            self._wake_at = wake
+            self.loop.at(wake, self._on_wake, wake)
+
+    def _on_wake(self, when: float) -> None:
+        if self._wake_at == when:
+            self._wake_at = None
+        self._schedule()
+
+    def _report(self) -> None:
+        now = self.loop.now
+        cluster = self.scheduler.cluster
+        for name, node in self.nodes.items():
+            engine = self.decodes.get(name)
+            used = engine.batch.used_tokens if engine is not None else 0
+            report = LoadReport(
+                now,
+                0,
+                0,
+                used,
+                self.config.decode_kv_tokens if engine is not None else 0,
+                node.links.snic.queued_bytes,
+                node.links.cnic.queued_bytes,
+            )
+            cluster.reconcile(name, report)
+        if self._active > 0:
+            self.loop.after(self.config.report_interval_s, self._report)
+
+    # --- one request through the cluster -------------------------------------------------------
+
+    def _dispatch(self, d: Decision) -> None:
+        record = self._records[d.rid]
+        record.read_path = d.read_path
+        pe, de = self.prefills[d.prefill], self.decodes[d.decode]
+        hit_bytes = self.model.kv_bytes(record.hit)
+        pe_bytes = hit_bytes * d.pe_share
+        de_bytes = hit_bytes - pe_bytes
+        parts = [3]  # prefill-side read, decode-side read, its crossing to the prefill node
+
+        def part_done() -> None:
+            parts[0] -= 1
+            if parts[0] == 0:
+                pe.submit(d.rid, record.append, record.hit, prefilled)
+
+        def prefilled() -> None:
+            handoff = pe_bytes + self.model.kv_bytes(record.append)
+            de.node.cnic.send(d.rid + ":handoff", handoff, first_token)
+
+        def first_token() -> None:
+            record.first_token = self.loop.now
+            self.scheduler.first_token(d.rid, self.loop.now)
+            if record.output <= 1:
+                finish()
+            else:
+                prompt = record.hit + record.append
+                de.join(d.rid, prompt, record.output - 1, on_token)
+            self._schedule()
+
+        def on_token(_index: int, last: bool) -> None:
+            if last:
+                finish()
+
+        def finish() -> None:
+            record.end = self.loop.now
+            self.scheduler.finished(d.rid, self.loop.now, record.output)
+            self._turn_done(record)
+            self._schedule()
+
+        pe.node.snic.send(d.rid + ":pe", pe_bytes, part_done)
+        de.node.snic.send(d.rid + ":de", de_bytes, part_done)
+        pe.node.cnic.send(d.rid + ":cross", de_bytes, part_done)
+
+    def run(self) -> SimResult:
+        started = time.perf_counter()
+        for i, agent in enumerate(self.agents):
+            if agent.turns:
+                self.loop.at(agent.arrival_s, self._send, i, 0)
+            else:
+                self._active -= 1
+        self.loop.at(0.0, self._report)
+        self.loop.run()
+        records = tuple(self._records.values())
+        ends = [r.end for r in records if r.end is not None]
+        starts = [a.arrival_s for a in self.agents]
+        jct = (max(ends) - min(starts)) if ends else 0.0
+        snic = tuple(n.links.snic.moved_bytes for n in self.nodes.values())
+        return SimResult(
+            self.config.policy, records, jct, snic, self.loop.processed,
+            time.perf_counter() - started,
+        )  # fmt: skip
