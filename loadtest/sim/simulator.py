@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from engines.engine_model import EngineModel
 from gateway.scheduler.cluster_state import ClusterState, LoadReport
@@ -23,6 +24,7 @@ from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.decision import Decision, Shed
 from gateway.scheduler.request import RequestId, SchedRequest
 from gateway.scheduler.scheduler import Scheduler
+from loadtest.metrics import SLO, RequestSample, summarize
 from loadtest.sim.event_loop import EventLoop
 from loadtest.sim.sim_engines import SimDecode, SimNode, SimPrefill
 
@@ -65,24 +67,59 @@ class TurnRecord:
     output: int
     read_path: str = ""
     first_token: float | None = None
+    second_token: float | None = None
     end: float | None = None
     shed: int = 0
+
+    def sample(self) -> RequestSample:
+        return RequestSample(
+            agent=str(self.agent),
+            turn=self.turn,
+            sent_at=self.arrival,
+            first_token_at=self.first_token,
+            end_at=self.end,
+            output_tokens=self.output,
+            prompt_tokens=self.hit + self.append,
+            cached_tokens=self.hit,
+            second_token_at=self.second_token,
+            read_path=self.read_path or None,
+            error=None if self.end is not None else "unfinished",
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class SimResult:
     policy: str
-    records: tuple[TurnRecord, ...]
-    jct_s: float
-    snic_bytes: tuple[float, ...]
+    samples: tuple[RequestSample, ...]
+    snic_bytes: dict[str, float]
+    """Modelled bytes each node's storage NIC read."""
+    sheds: int
     events: int
     wall_s: float
 
     @property
+    def jct_s(self) -> float:
+        ends = [s.end_at for s in self.samples if s.end_at is not None]
+        return max(ends) - min(s.sent_at for s in self.samples) if ends else 0.0
+
+    @property
     def snic_max_over_avg(self) -> float:
-        used = [b for b in self.snic_bytes]
+        """Busiest storage NIC over the mean of all of them (1.0 when none read anything)."""
+        used = list(self.snic_bytes.values())
         mean = sum(used) / len(used) if used else 0.0
         return max(used) / mean if mean > 0 else 1.0
+
+    def summary(self, slo: SLO) -> dict[str, Any]:
+        out = summarize(self.samples, slo)
+        out.update(
+            policy=self.policy,
+            snic_max_over_avg=self.snic_max_over_avg,
+            sheds=self.sheds,
+            events=self.events,
+            wall_s=self.wall_s,
+            simulated_requests_per_s=len(self.samples) / self.wall_s if self.wall_s else 0.0,
+        )
+        return out
 
 
 class _FreeIO:
@@ -226,7 +263,9 @@ class Simulator:
                 de.join(d.rid, prompt, record.output - 1, on_token)
             self._schedule()
 
-        def on_token(_index: int, last: bool) -> None:
+        def on_token(index: int, last: bool) -> None:
+            if index == 0:
+                record.second_token = self.loop.now
             if last:
                 finish()
 
@@ -249,12 +288,12 @@ class Simulator:
                 self._active -= 1
         self.loop.at(0.0, self._report)
         self.loop.run()
-        records = tuple(self._records.values())
-        ends = [r.end for r in records if r.end is not None]
-        starts = [a.arrival_s for a in self.agents]
-        jct = (max(ends) - min(starts)) if ends else 0.0
-        snic = tuple(n.links.snic.moved_bytes for n in self.nodes.values())
+        records = self._records.values()
         return SimResult(
-            self.config.policy, records, jct, snic, self.loop.processed,
-            time.perf_counter() - started,
-        )  # fmt: skip
+            policy=self.config.policy,
+            samples=tuple(r.sample() for r in records),
+            snic_bytes={name: n.links.snic.moved_bytes for name, n in self.nodes.items()},
+            sheds=sum(r.shed for r in records),
+            events=self.loop.processed,
+            wall_s=time.perf_counter() - started,
+        )

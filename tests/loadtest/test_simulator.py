@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from loadtest.metrics import SLO, RequestSample
 from loadtest.sim.simulator import SimAgent, SimConfig, SimResult, SimTurn, Simulator
 
 
@@ -27,29 +28,30 @@ def _run(policy: str, agents: list[SimAgent], **config: object) -> SimResult:
 def test_every_turn_finishes_in_order_with_its_whole_context_as_hit() -> None:
     agents = _agents(8, 5)
     result = _run("dualpath-slo", agents)
-    assert len(result.records) == 40
-    by_agent: dict[int, list] = {}
-    for r in result.records:
-        assert r.first_token is not None and r.end is not None
-        assert r.arrival <= r.first_token <= r.end
-        by_agent.setdefault(r.agent, []).append(r)
-    for agent, records in by_agent.items():
-        records.sort(key=lambda r: r.turn)
+    assert len(result.samples) == 40 and all(s.ok for s in result.samples)
+    by_agent: dict[str, list[RequestSample]] = {}
+    for s in result.samples:
+        assert s.first_token_at is not None and s.end_at is not None
+        assert s.sent_at <= s.first_token_at <= s.end_at
+        assert s.second_token_at is not None and s.first_token_at <= s.second_token_at
+        by_agent.setdefault(s.agent, []).append(s)
+    for agent, samples in by_agent.items():
+        samples.sort(key=lambda s: s.turn)
         context = 0
-        for r, spec in zip(records, agents[agent].turns, strict=True):
-            assert r.hit == context
+        for s, spec in zip(samples, agents[int(agent)].turns, strict=True):
+            assert s.cached_tokens == context
             context += spec.append + spec.output
-        for before, after in itertools.pairwise(records):
-            assert before.end is not None and after.arrival >= before.end
+        for before, after in itertools.pairwise(samples):
+            assert before.end_at is not None and after.sent_at >= before.end_at
+    summary = result.summary(SLO())
+    assert summary["completed"] == 40 and summary["ttft_s"]["p50"] > 0
 
 
 def test_the_same_workload_gives_the_same_run() -> None:
     agents = _agents(16, 6)
     a, b = _run("dualpath-slo", agents), _run("dualpath-slo", agents)
     assert a.events == b.events and a.jct_s == b.jct_s
-    assert [(r.first_token, r.read_path) for r in a.records] == [
-        (r.first_token, r.read_path) for r in b.records
-    ]
+    assert a.samples == b.samples
 
 
 @pytest.mark.parametrize("policy", ["round_robin", "cache_aware", "basic", "dualpath"])
@@ -59,7 +61,7 @@ def test_oracle_is_a_lower_bound_and_basic_reads_only_on_the_prefill_side(policy
     result = _run(policy, agents, prefill=1, decode=2)
     assert oracle.jct_s <= result.jct_s * 1.001
     if policy == "basic":
-        assert {r.read_path for r in result.records} == {"pe"}
+        assert {s.read_path for s in result.samples} == {"pe"}
 
 
 def test_dual_path_policies_use_the_decode_nodes_storage_nics() -> None:
@@ -67,6 +69,7 @@ def test_dual_path_policies_use_the_decode_nodes_storage_nics() -> None:
     agents = _agents(32, 8)
     basic = _run("basic", agents, prefill=1, decode=2)
     slo = _run("dualpath-slo", agents, prefill=1, decode=2)
-    assert {r.read_path for r in slo.records} & {"de", "split"}
-    assert sum(slo.snic_bytes[1:]) > 0 and sum(basic.snic_bytes[1:]) == 0
+    assert {s.read_path for s in slo.samples} & {"de", "split"}
+    assert slo.snic_bytes["d0"] + slo.snic_bytes["d1"] > 0
+    assert basic.snic_bytes["d0"] + basic.snic_bytes["d1"] == 0
     assert slo.snic_max_over_avg < basic.snic_max_over_avg
