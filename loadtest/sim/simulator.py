@@ -15,8 +15,9 @@ within a trajectory, a store that never evicts). `oracle` is `dualpath-slo` with
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from engines.engine_model import EngineModel
 from gateway.scheduler.cluster_state import ClusterState, LoadReport
@@ -31,6 +32,22 @@ from loadtest.sim.sim_engines import SimDecode, SimNode, SimPrefill
 ORACLE = "oracle"
 
 
+class TurnSpec(Protocol):
+    """One turn of an agent (`loadtest.trace.Turn` is one)."""
+
+    @property
+    def append(self) -> int: ...
+    @property
+    def output(self) -> int: ...
+    @property
+    def tool_s(self) -> float: ...
+
+
+class AgentSpec(Protocol):
+    @property
+    def turns(self) -> Sequence[TurnSpec]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SimTurn:
     append: int
@@ -42,7 +59,6 @@ class SimTurn:
 @dataclass(frozen=True, slots=True)
 class SimAgent:
     turns: tuple[SimTurn, ...]
-    arrival_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,9 +152,18 @@ class _FreeIO:
 
 
 class Simulator:
-    def __init__(self, config: SimConfig, agents: list[SimAgent]) -> None:
+    def __init__(
+        self,
+        config: SimConfig,
+        agents: Sequence[AgentSpec],
+        arrivals: Sequence[float] | None = None,
+    ) -> None:
+        """`arrivals`: when each agent starts (seconds); None: all at once (offline)."""
+        if arrivals is not None and len(arrivals) != len(agents):
+            raise ValueError("one arrival time per agent")
         self.config = config
         self.agents = agents
+        self.arrivals = list(arrivals) if arrivals is not None else [0.0] * len(agents)
         self.loop = EventLoop()
         self.model = EngineModel.named(config.model)
         oracle = config.policy == ORACLE
@@ -283,7 +308,7 @@ class Simulator:
         started = time.perf_counter()
         for i, agent in enumerate(self.agents):
             if agent.turns:
-                self.loop.at(agent.arrival_s, self._send, i, 0)
+                self.loop.at(self.arrivals[i], self._send, i, 0)
             else:
                 self._active -= 1
         self.loop.at(0.0, self._report)
