@@ -94,6 +94,21 @@ class DecodeStep:
 
 
 @dataclass(frozen=True, slots=True)
+class DecodeRun:
+    """Several decode steps of an unchanging batch, for a driver that needs no token one by one
+    (the virtual-clock simulator): until the first running sequence finishes."""
+
+    rids: tuple[str, ...]
+    steps: int
+    step_s: float
+    """Duration of one step, at the run's mean context."""
+
+    @property
+    def duration_s(self) -> float:
+        return self.steps * self.step_s
+
+
+@dataclass(frozen=True, slots=True)
 class TokenEmitted:
     rid: str
     index: int
@@ -154,6 +169,37 @@ class DecodeBatch:
         context = sum(s.context_tokens for s in self.running.values())
         duration = self.model.decode_step_s(len(self.running), context)
         return DecodeStep(tuple(self.running), duration)
+
+    def next_run(self) -> DecodeRun | None:
+        """The steps until the first running sequence finishes, if nobody joins meanwhile."""
+        self._admit()
+        if not self.running:
+            return None
+        seqs = self.running.values()
+        steps = min(s.max_new_tokens - s.generated for s in seqs)
+        batch = len(self.running)
+        context = sum(s.context_tokens for s in seqs)
+        # Contexts grow by one token per sequence per step: time the run at its mean context.
+        step_s = self.model.decode_step_s(batch, context + batch * (steps - 1) // 2)
+        return DecodeRun(tuple(self.running), steps, step_s)
+
+    def advance(self, run: DecodeRun, steps: int) -> tuple[list[str], list[str]]:
+        """Apply `steps` steps of `run` (at most `run.steps`): which sequences produced their
+        first token, and which finished (and left the batch)."""
+        started: list[str] = []
+        finished: list[str] = []
+        for rid in run.rids:
+            seq = self.running.get(rid)
+            if seq is None:  # aborted meanwhile
+                continue
+            if seq.generated == 0 and steps > 0:
+                started.append(rid)
+            seq.generated += steps
+            seq.context_tokens += steps
+            if seq.done:
+                del self.running[rid]
+                finished.append(rid)
+        return started, finished
 
     def finish_step(self, step: DecodeStep) -> list[TokenEmitted]:
         out: list[TokenEmitted] = []

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engines.engine_core import DecodeBatch, DecodeSeq, PrefillJob, PrefillQueue
+from engines.engine_core import DecodeBatch, DecodeRun, DecodeSeq, PrefillJob, PrefillQueue
 from engines.engine_model import EngineModel
 from engines.node_links import LinkQueue, NodeLinks, Transfer
 from loadtest.sim.event_loop import EventLoop
@@ -92,7 +92,10 @@ class SimPrefill:
 
 
 class SimDecode:
-    """A decode engine: continuous batching, one step for every running sequence at once."""
+    """A decode engine: continuous batching, stepped a run at a time (`DecodeBatch.next_run`):
+    the steps until the first sequence finishes, at once. A sequence that joins meanwhile cuts
+    the run at the end of the step in progress, as a real engine admits between steps. Tokens
+    are not one event each: a run of 100 steps over 200 sequences is one event, not 20,000."""
 
     def __init__(self, loop: EventLoop, model: EngineModel, node: SimNode, max_tokens: int) -> None:
         self.loop = loop
@@ -100,30 +103,54 @@ class SimDecode:
             model, max_running=1 << 20, max_total_tokens=max_tokens, max_waiting=1 << 30
         )
         self.node = node
-        self._on_token: dict[str, Callable[[int, bool], None]] = {}
-        self._busy = False
+        self._callbacks: dict[str, tuple[Callable[[float], None], Done]] = {}
+        self._run: DecodeRun | None = None
+        self._run_start = 0.0
+        self._cut_at: float | None = None
+        self._epoch = 0
+        """Bumped to cancel a scheduled end of run."""
 
     def join(
-        self, rid: str, context: int, output: int, on_token: Callable[[int, bool], None]
+        self, rid: str, context: int, tokens: int, on_second: Callable[[float], None], done: Done
     ) -> None:
-        self.batch.add(DecodeSeq(rid, context, max(output, 1)))
-        self._on_token[rid] = on_token
-        self._kick()
+        """Generate `tokens` more tokens; `on_second(t)` when the first of them is out (the
+        request's second token, at virtual time t), `done()` when the last is."""
+        self.batch.add(DecodeSeq(rid, context, tokens))
+        self._callbacks[rid] = (on_second, done)
+        if self._run is None:
+            self._start_run()
+        else:
+            self._cut()
 
-    def _kick(self) -> None:
-        if self._busy:
+    def _start_run(self) -> None:
+        run = self._run = self.batch.next_run()
+        self._cut_at = None
+        if run is None:
             return
-        step = self.batch.next_step()
-        if step is None:
-            return
-        self._busy = True
-        self.loop.after(step.duration_s, self._finish, step)
+        self._run_start = self.loop.now
+        self._epoch += 1
+        self.loop.after(run.duration_s, self._end_run, self._epoch, run.steps)
 
-    def _finish(self, step: object) -> None:
-        self._busy = False
-        for emitted in self.batch.finish_step(step):  # type: ignore[arg-type]
-            callback = self._on_token[emitted.rid]
-            if emitted.finished:
-                del self._on_token[emitted.rid]
-            callback(emitted.index, emitted.finished)
-        self._kick()
+    def _cut(self) -> None:
+        run = self._run
+        assert run is not None
+        steps = min(int((self.loop.now - self._run_start) / run.step_s) + 1, run.steps)
+        at = self._run_start + steps * run.step_s
+        if steps >= run.steps or (self._cut_at is not None and self._cut_at <= at):
+            return  # the run ends (or is already cut) by then: the newcomer joins there
+        self._cut_at = at
+        self._epoch += 1
+        self.loop.at(at, self._end_run, self._epoch, steps)
+
+    def _end_run(self, epoch: int, steps: int) -> None:
+        if epoch != self._epoch:
+            return
+        run = self._run
+        assert run is not None
+        started, finished = self.batch.advance(run, steps)
+        first_step_at = self._run_start + run.step_s
+        for rid in started:
+            self._callbacks[rid][0](first_step_at)
+        for rid in finished:
+            self._callbacks.pop(rid)[1]()
+        self._start_run()

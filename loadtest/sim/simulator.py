@@ -285,14 +285,11 @@ class Simulator:
                 finish()
             else:
                 prompt = record.hit + record.append
-                de.join(d.rid, prompt, record.output - 1, on_token)
+                de.join(d.rid, prompt, record.output - 1, second_token, finish)
             self._schedule()
 
-        def on_token(index: int, last: bool) -> None:
-            if index == 0:
-                record.second_token = self.loop.now
-            if last:
-                finish()
+        def second_token(at: float) -> None:
+            record.second_token = at
 
         def finish() -> None:
             record.end = self.loop.now
