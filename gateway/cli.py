@@ -1,4 +1,4 @@
-"""The `dualpath` command: `up`, `serve` and `worker`."""
+"""The `dualpath` command: `up`, `serve`, `worker`, and the `trace` tools of `loadtest`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from gateway.scheduler.policies import POLICIES
+from loadtest.cli import trace_app
 
 POLICY_NAMES = ", ".join(POLICIES)
 
@@ -24,6 +25,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+# This module is the program's composition root: the one place that mounts other packages' commands.
+app.add_typer(trace_app, name="trace")
 console = Console()
 
 

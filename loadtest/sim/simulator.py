@@ -30,6 +30,8 @@ from loadtest.sim.event_loop import EventLoop
 from loadtest.sim.sim_engines import SimDecode, SimNode, SimPrefill
 
 ORACLE = "oracle"
+WAKE_MIN_S = 1e-3
+"""Held requests are looked at again no sooner than this (as the gateway's timer)."""
 
 
 class TurnSpec(Protocol):
@@ -71,6 +73,12 @@ class SimConfig:
     report_interval_s: float = 0.25
     decode_kv_tokens: int = 4_000_000
     """Each decode engine's KV pool."""
+    max_events: int = 200_000_000
+    """A run that needs more is stuck (a bug): it stops with `SimulationStuck`."""
+
+
+class SimulationStuck(RuntimeError):
+    pass
 
 
 @dataclass(slots=True)
@@ -230,6 +238,8 @@ class Simulator:
         for decision in self.scheduler.schedule(self.loop.now):
             self._dispatch(decision)
         wake = self.scheduler.wake_at()
+        if wake is not None:
+            wake = max(wake, self.loop.now + WAKE_MIN_S)  # never again at this instant
         if wake is not None and (self._wake_at is None or wake < self._wake_at):
             self._wake_at = wake
             self.loop.at(wake, self._on_wake, wake)
@@ -309,7 +319,11 @@ class Simulator:
             else:
                 self._active -= 1
         self.loop.at(0.0, self._report)
-        self.loop.run()
+        self.loop.run(max_events=self.config.max_events)
+        if self.loop.pending:
+            raise SimulationStuck(
+                f"{self.loop.processed} events and not done at t={self.loop.now:.3f}s"
+            )
         records = self._records.values()
         return SimResult(
             policy=self.config.policy,

@@ -7,8 +7,20 @@ import random
 
 import pytest
 
+from gateway.scheduler.cluster_state import ClusterState
+from gateway.scheduler.config import SchedulerConfig
+from gateway.scheduler.decision import Decision, Hold
+from gateway.scheduler.policies.base import Policy
+from gateway.scheduler.request import SchedRequest
 from loadtest.metrics import SLO, RequestSample
-from loadtest.sim.simulator import SimAgent, SimConfig, SimResult, SimTurn, Simulator
+from loadtest.sim.simulator import (
+    SimAgent,
+    SimConfig,
+    SimResult,
+    SimTurn,
+    SimulationStuck,
+    Simulator,
+)
 
 
 def _agents(n: int, turns: int, seed: int = 1) -> list[SimAgent]:
@@ -73,3 +85,41 @@ def test_dual_path_policies_use_the_decode_nodes_storage_nics() -> None:
     assert slo.snic_bytes["d0"] + slo.snic_bytes["d1"] > 0
     assert basic.snic_bytes["d0"] + basic.snic_bytes["d1"] == 0
     assert slo.snic_max_over_avg < basic.snic_max_over_avg
+
+
+def test_requests_held_for_their_slo_are_looked_at_again_as_time_passes() -> None:
+    """Overload with a tight TTFT target: the scheduler holds most requests; every one is
+    placed in the end, and the wake-ups move virtual time forward (no loop at one instant)."""
+    config = SchedulerConfig(ttft_s=0.05, max_wait_s=1e9)
+    result = _run("dualpath-slo", _agents(40, 4), prefill=1, decode=1, scheduler=config)
+    assert len(result.samples) == 160 and all(s.ok for s in result.samples)
+    assert result.events < 200_000
+
+
+class _HoldsUntilOneSecond:
+    """A policy that keeps asking to be looked at again *now* until t = 1 s."""
+
+    name = "stubborn"
+    discipline = "fifo"
+    sheds = False
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+
+    def place(self, req: SchedRequest, cluster: ClusterState, now: float) -> Decision | Hold:
+        if now < 1.0:
+            return Hold("not yet", until=now)
+        return self.inner.place(req, cluster, now)
+
+
+def test_a_hold_until_now_still_lets_virtual_time_move() -> None:
+    sim = Simulator(SimConfig(prefill=1, decode=1, max_events=100_000), _agents(2, 2))
+    sim.scheduler.policy = _HoldsUntilOneSecond(sim.scheduler.policy)
+    result = sim.run()
+    assert all(s.ok for s in result.samples)
+    assert min(s.first_token_at or 0 for s in result.samples) >= 1.0
+
+
+def test_a_stuck_run_stops_with_an_error() -> None:
+    with pytest.raises(SimulationStuck):
+        Simulator(SimConfig(max_events=10), _agents(2, 2)).run()

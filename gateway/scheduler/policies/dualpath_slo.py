@@ -33,6 +33,7 @@ SPLIT_GAIN = 0.01
 GRAIN = 0.01
 """TTFTs and read ends closer than this fraction of the TTFT target rank as equal."""
 EXPLAINED = 6
+EPSILON_S = 1e-9
 """Candidates kept with a decision, best first."""
 
 # (rank key, TPOT missed, prefill, decode, prefill share, TTFT, TPOT, end of the read)
@@ -166,7 +167,7 @@ class DualPathSLO:
             return decide(req, chosen, self.name, reason, now, candidates)
         admit = self._config.admit_backlog_s
         wait = max(pe.queue_s(now), loaded)
-        if wait <= admit:
+        if wait <= admit + EPSILON_S:  # a float hair over must not hold it for no time at all
             late = now + chosen.ttft_s - req.deadline
             reason = f"late by {late:.3f}s; prefill engine free within {wait:.3f}s"
             return decide(req, chosen, self.name, reason, now, candidates)
