@@ -16,6 +16,7 @@ from rich.syntax import Syntax
 
 from gateway.scheduler.policies import POLICIES
 from loadtest.cli import trace_app
+from loadtest.simulate_cli import simulate
 
 POLICY_NAMES = ", ".join(POLICIES)
 
@@ -27,6 +28,7 @@ app = typer.Typer(
 )
 # This module is the program's composition root: the one place that mounts other packages' commands.
 app.add_typer(trace_app, name="trace")
+app.command("simulate")(simulate)
 console = Console()
 
 

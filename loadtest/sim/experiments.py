@@ -110,7 +110,7 @@ def capacity(
     def report(aps: float, note: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "aps": aps,
-            "tried": {round(k, 5): v for k, v in sorted(tried.items())},
+            "tried": {f"{k:.5g}": v for k, v in sorted(tried.items())},
         }
         if note:
             out["note"] = note

@@ -46,7 +46,7 @@ def test_capacity_is_where_the_slo_stops_being_met() -> None:
     config = SimConfig(prefill=1, decode=1)
     slo = SLO(ttft_s=0.5, tpot_s=0.1)
     found = capacity(_agents(30, 3), config, slo, seed=3, low=0.05, high=50.0, steps=8)
-    tried = found["tried"]
+    tried = {float(aps): ok for aps, ok in found["tried"].items()}
     assert 0.05 <= found["aps"] < 50.0
     assert all(ok for aps, ok in tried.items() if aps <= found["aps"])
     assert not any(ok for aps, ok in tried.items() if aps > found["aps"] * 1.0001)
