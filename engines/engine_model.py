@@ -8,6 +8,7 @@ objects, so a figure from one can be checked against the other.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 GB = 1e9
@@ -180,6 +181,30 @@ class EngineModel:
             known = ", ".join(sorted(MODELS))
             raise ValueError(f"unknown model {model_name!r}; known: {known}") from None
         return cls(spec, node or default_node(model_name))
+
+    def with_nics(self, snic_gbps: float | None, cnic_gbps: float | None) -> EngineModel:
+        """The same engine on a node with other storage / compute NICs (GB/s; None: keep)."""
+        node = self.node
+        if snic_gbps is not None:
+            node = dataclasses.replace(node, snic_bytes_per_s=snic_gbps * GB)
+        if cnic_gbps is not None:
+            node = dataclasses.replace(node, cnic_bytes_per_s=cnic_gbps * GB)
+        return EngineModel(self.model, node)
+
+    def slowed(self, factor: float) -> EngineModel:
+        """Every modelled duration × `factor` (a simulated worker's `--time-scale`)."""
+        if not factor > 0:
+            raise ValueError("a slow-down factor must be positive")
+        n = self.node
+        node = dataclasses.replace(
+            n,
+            flops_per_gpu=n.flops_per_gpu / factor,
+            hbm_bytes_per_s_per_gpu=n.hbm_bytes_per_s_per_gpu / factor,
+            snic_bytes_per_s=n.snic_bytes_per_s / factor,
+            cnic_bytes_per_s=n.cnic_bytes_per_s / factor,
+            step_overhead_s=n.step_overhead_s * factor,
+        )
+        return EngineModel(self.model, node)
 
     def kv_bytes(self, tokens: float) -> float:
         return tokens * self.model.kv_bytes_per_token

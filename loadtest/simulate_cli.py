@@ -112,6 +112,15 @@ def simulate(
     tool_latency: Annotated[
         float, typer.Option(min=0, help="Scale of the trace's tool latency (0: none).")
     ] = 0.0,
+    time_scale: Annotated[
+        float, typer.Option(min=0.001, help="Every modelled time × this (as `up --time-scale`).")
+    ] = 1.0,
+    snic_gbps: Annotated[
+        float | None, typer.Option(min=0.001, help="Every node's storage NIC, GB/s.")
+    ] = None,
+    cnic_gbps: Annotated[
+        float | None, typer.Option(min=0.001, help="Every node's compute NIC, GB/s.")
+    ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here.")] = None,
 ) -> None:
     """Run the gateway's scheduling policies over a trace on a simulated PD cluster."""
@@ -132,7 +141,15 @@ def simulate(
         raise _fail(str(exc)) from None
     work = _agents(loaded, agents, tool_latency)
     scheduler = SchedulerConfig(ttft_s=target.ttft_s, tpot_s=target.tpot_s, layerwise=layerwise)
-    config = SimConfig(model=model, prefill=prefill, decode=decode, scheduler=scheduler)
+    config = SimConfig(
+        model=model,
+        prefill=prefill,
+        decode=decode,
+        scheduler=scheduler,
+        time_scale=time_scale,
+        snic_gbps=snic_gbps,
+        cnic_gbps=cnic_gbps,
+    )
     report: dict[str, Any] = {
         "command": " ".join(["dualpath", *sys.argv[1:]]),
         "model": model,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -14,7 +13,7 @@ import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from engines.engine_model import GB, EngineModel
+from engines.engine_model import EngineModel
 from engines.sim_worker import info
 from engines.sim_worker.config import SimWorkerConfig
 from engines.sim_worker.errors import BadRequest, SimWorkerError
@@ -73,13 +72,7 @@ async def _json_body(request: Request, openai: bool) -> dict[str, Any]:
 
 
 def _engine_model(config: SimWorkerConfig) -> EngineModel:
-    model = EngineModel.named(config.engine_model)
-    node = model.node
-    if config.snic_gbps is not None:
-        node = dataclasses.replace(node, snic_bytes_per_s=config.snic_gbps * GB)
-    if config.cnic_gbps is not None:
-        node = dataclasses.replace(node, cnic_bytes_per_s=config.cnic_gbps * GB)
-    return EngineModel(model.model, node)
+    return EngineModel.named(config.engine_model).with_nics(config.snic_gbps, config.cnic_gbps)
 
 
 async def _worker_kv(

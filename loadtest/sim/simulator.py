@@ -73,6 +73,11 @@ class SimConfig:
     report_interval_s: float = 0.25
     decode_kv_tokens: int = 4_000_000
     """Each decode engine's KV pool."""
+    time_scale: float = 1.0
+    """Every modelled duration × this, as `dualpath up --time-scale` (must be > 0)."""
+    snic_gbps: float | None = None
+    cnic_gbps: float | None = None
+    """Every node's storage / compute NIC, GB/s; None: the cost model's node."""
     max_events: int = 200_000_000
     """A run that needs more is stuck (a bug): it stops with `SimulationStuck`."""
 
@@ -173,7 +178,8 @@ class Simulator:
         self.agents = agents
         self.arrivals = list(arrivals) if arrivals is not None else [0.0] * len(agents)
         self.loop = EventLoop()
-        self.model = EngineModel.named(config.model)
+        model = EngineModel.named(config.model).with_nics(config.snic_gbps, config.cnic_gbps)
+        self.model = model.slowed(config.time_scale) if config.time_scale != 1.0 else model
         oracle = config.policy == ORACLE
         policy = "dualpath-slo" if oracle else config.policy
         cluster = ClusterState(replace(config.scheduler, policy=policy))

@@ -97,3 +97,17 @@ def test_decode_batch_waits_for_kv_memory_but_never_wedges() -> None:
     step = batch.next_step()
     assert step is not None and step.rids == ("next",)
     assert batch.abort("next") and batch.finish_step(step) == []
+
+
+def test_other_nics_and_a_slow_down_change_only_what_they_say() -> None:
+    from engines.engine_model import GB, EngineModel
+
+    base = EngineModel.named("tiny")
+    nics = base.with_nics(0.02, None)
+    assert nics.snic_bytes_per_s == 0.02 * GB and nics.cnic_bytes_per_s == base.cnic_bytes_per_s
+    slow = base.slowed(4.0)
+    assert slow.prefill_compute_s(300, 2000) == pytest.approx(4 * base.prefill_compute_s(300, 2000))
+    assert slow.decode_step_s(8, 9000) == pytest.approx(4 * base.decode_step_s(8, 9000))
+    assert slow.storage_read_s(5000) == pytest.approx(4 * base.storage_read_s(5000))
+    with pytest.raises(ValueError):
+        base.slowed(0)
