@@ -163,7 +163,8 @@ def simulate(
             p: capacity(work, replace(config, policy=p), target, seed) for p in policies
         }
         for p, found in report["capacity"].items():
-            _out.print(f"{p}: capacity {found['aps']:.4f} agents/s")
+            aps = found["aps"]
+            _out.print(f"{p}: " + (f"capacity {aps:.4f} agents/s" if aps else found["note"]))
     else:
         if mode is Mode.ONLINE and aps is None:
             raise _fail("online mode needs --aps (or --capacity)")

@@ -99,7 +99,9 @@ def capacity(
     high: float = 10.0,
     steps: int = 10,
 ) -> dict[str, Any]:
-    """The most agents per second meeting the SLO, by bisection between `low` and `high`."""
+    """The most agents per second meeting the SLO, by bisection between `low` and `high`
+    (`aps` None when even `high` meets it). The agents must be enough to keep arriving for
+    longer than one agent's run at the rates tried, or the cluster never sees a steady load."""
     tried: dict[float, bool] = {}
 
     def ok(aps: float) -> bool:
@@ -107,7 +109,7 @@ def capacity(
         tried[aps] = meets(result, slo)
         return tried[aps]
 
-    def report(aps: float, note: str | None = None) -> dict[str, Any]:
+    def report(aps: float | None, note: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "aps": aps,
             "tried": {f"{k:.5g}": v for k, v in sorted(tried.items())},
@@ -118,8 +120,8 @@ def capacity(
 
     if not ok(low):
         return report(0.0, "even the lower bound misses the SLO")
-    if ok(high):
-        return report(high, "the upper bound itself meets the SLO")
+    if ok(high):  # not a capacity: too few agents to load the cluster, or the bound is low
+        return report(None, f"the upper bound {high:g} itself meets the SLO: no capacity found")
     lo, hi = low, high
     for _ in range(steps):
         mid = (lo * hi) ** 0.5  # geometric: capacities span orders of magnitude

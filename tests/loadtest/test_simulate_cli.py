@@ -34,7 +34,9 @@ def test_online_capacity(tmp_path: Path) -> None:
                                  "--json", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     found = json.loads(out.read_text())["capacity"]["dualpath-slo"]
-    assert found["aps"] >= 0 and found["tried"]
+    assert found["tried"]
+    # Four agents cannot load a cluster: every rate meets the SLO, which is said, not faked.
+    assert found["aps"] is None and "no capacity found" in found["note"]
 
 
 def test_bad_arguments_exit_2_with_a_reason() -> None:
