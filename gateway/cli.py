@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from gateway.scheduler.policies import POLICIES
+from loadtest.cli import register as register_loadtest
 from loadtest.cli import trace_app
 from loadtest.simulate_cli import simulate
 
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 # This module is the program's composition root: the one place that mounts other packages' commands.
 app.add_typer(trace_app, name="trace")
+register_loadtest(app)
 app.command("simulate")(simulate)
 console = Console()
 

@@ -19,6 +19,7 @@ from rich.console import Console
 from loadtest.errors import LoadtestError
 from loadtest.generator import DEFAULT_TOOL_LATENCY_S, ToolLatency, generate
 from loadtest.presets import PRESETS, PaperRow
+from loadtest.replay.command import replay
 from loadtest.stats_table import stats_table, totals_table
 from loadtest.trace import Trace
 from loadtest.trace_files import LoadedTrace, TraceFormat, load_trace
@@ -114,3 +115,9 @@ def _json(loaded: LoadedTrace, summary: TraceStats, paper: PaperRow | None) -> d
         report = loaded.mooncake
         result["mooncake"] = dataclasses.asdict(report) | {"hit_ratio": report.hit_ratio}
     return result
+
+
+def register(app: typer.Typer) -> None:
+    """Mount loadtest's top-level commands on the program's app: `replay` (the `trace` tools
+    are the sub-app `trace_app`)."""
+    app.command("replay")(replay)

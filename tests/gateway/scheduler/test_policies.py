@@ -228,4 +228,3 @@ def test_slo_breaks_a_tie_towards_the_prefill_side() -> None:
     fast = LinearCost(snic_bytes_per_s=float("inf"), cnic_bytes_per_s=float("inf"))
     d = _decided(_place("dualpath-slo", cluster(1, 1, cost=fast), request(hit=4096)))
     assert d.read_path == "pe"
-
