@@ -27,8 +27,8 @@ from gateway.scheduler.policies import POLICIES
 from loadtest.errors import LoadtestError
 from loadtest.generator import generate
 from loadtest.metrics import SLO
-from loadtest.sim.experiments import arrivals, capacity, compare, parse_cluster
-from loadtest.sim.simulator import ORACLE, SimAgent, SimConfig, SimTurn
+from loadtest.sim.experiments import arrivals, capacity, compare_results, parse_cluster, run_all
+from loadtest.sim.simulator import ORACLE, SimAgent, SimConfig, SimResult, SimTurn
 from loadtest.trace import Trace
 from loadtest.trace_files import load_trace
 
@@ -74,6 +74,21 @@ def _table(runs: dict[str, dict[str, Any]], base: str) -> Table:
             f(r["simulated_requests_per_s"], "{:.0f}"),
         )  # fmt: skip
     return table
+
+
+def _write_report(folder: Path, result: SimResult, slo: SLO, title: str) -> None:
+    from loadtest.report.render import write_report  # matplotlib: only when a report is asked
+    from loadtest.report.series import SnicSeries
+
+    snic = [
+        SnicSeries(
+            node, tuple(t for t, _ in pts), tuple(b for _, b in pts), result.snic_bytes_per_s
+        )
+        for node, pts in result.snic_samples.items()
+    ]
+    extra = [("storage-NIC max/avg", f"{result.snic_max_over_avg:.3f}"),
+             ("simulated requests/s", f"{len(result.samples) / result.wall_s:.0f}")]  # fmt: skip
+    write_report(folder, result.samples, slo, title=title, snic=snic, extra=extra)
 
 
 def simulate(
@@ -122,6 +137,10 @@ def simulate(
         float | None, typer.Option(min=0.001, help="Every node's compute NIC, GB/s.")
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the figures here.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Report folder: plots and index.html per policy (as replay's)."),
+    ] = None,
 ) -> None:
     """Run the gateway's scheduling policies over a trace on a simulated PD cluster."""
     try:
@@ -169,7 +188,11 @@ def simulate(
         if mode is Mode.ONLINE and aps is None:
             raise _fail("online mode needs --aps (or --capacity)")
         times = arrivals(len(work), aps if mode is Mode.ONLINE else None, seed)
-        report.update(compare(work, config, policies, target, times))
+        results = run_all(work, config, policies, times)
+        report.update(compare_results(results, target))
         _out.print(_table(report["policies"], policies[0]))
+        if out is not None:
+            for name, result in results.items():
+                _write_report(out / name, result, target, f"{name} on {cluster} ({model})")
     if json_out is not None:
         json_out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))

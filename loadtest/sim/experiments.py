@@ -61,6 +61,25 @@ def flat(result: SimResult, slo: SLO) -> dict[str, Any]:
     return out
 
 
+def run_all(
+    agents: Sequence[AgentSpec],
+    config: SimConfig,
+    policies: Sequence[str],
+    times: Sequence[float] | None = None,
+) -> dict[str, SimResult]:
+    """The same agents and arrivals under each policy."""
+    return {p: Simulator(replace(config, policy=p), agents, times).run() for p in policies}
+
+
+def compare_results(results: dict[str, SimResult], slo: SLO) -> dict[str, Any]:
+    """Each run's figures, and JCT ratios against the first."""
+    runs = {p: flat(r, slo) for p, r in results.items()}
+    first = next(iter(runs))
+    base = runs[first]["jct_s"]
+    ratios = {p: base / r["jct_s"] if r["jct_s"] else None for p, r in runs.items()}
+    return {"policies": runs, f"jct_{first}_over": ratios}
+
+
 def compare(
     agents: Sequence[AgentSpec],
     config: SimConfig,
@@ -69,12 +88,7 @@ def compare(
     times: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """The same agents and arrivals under each policy; ratios against the first."""
-    runs = {
-        p: flat(Simulator(replace(config, policy=p), agents, times).run(), slo) for p in policies
-    }
-    base = runs[policies[0]]["jct_s"]
-    ratios = {p: base / r["jct_s"] if r["jct_s"] else None for p, r in runs.items()}
-    return {"policies": runs, f"jct_{policies[0]}_over": ratios}
+    return compare_results(run_all(agents, config, policies, times), slo)
 
 
 def meets(result: SimResult, slo: SLO) -> bool:

@@ -30,6 +30,7 @@ from loadtest.sim.event_loop import EventLoop
 from loadtest.sim.sim_engines import SimDecode, SimNode, SimPrefill
 
 ORACLE = "oracle"
+SNIC_SAMPLES = 2000
 WAKE_MIN_S = 1e-3
 """Held requests are looked at again no sooner than this (as the gateway's timer)."""
 
@@ -125,6 +126,11 @@ class SimResult:
     sheds: int
     events: int
     wall_s: float
+    snic_samples: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
+    """Per node, (virtual time, bytes its storage NIC had read), thinned to at most
+    `SNIC_SAMPLES` points."""
+    snic_bytes_per_s: float = 0.0
+    """Every node's storage-NIC bandwidth (per virtual second)."""
 
     @property
     def jct_s(self) -> float:
@@ -200,6 +206,9 @@ class Simulator:
         self._records: dict[str, TurnRecord] = {}
         self._active = len(agents)
         self._wake_at: float | None = None
+        self._snic: dict[str, list[tuple[float, float]]] = {name: [] for name in self.nodes}
+        self._reports = 0
+        self._stride = 1
 
     # --- agents --------------------------------------------------------------------------------
 
@@ -271,8 +280,22 @@ class Simulator:
                 node.links.cnic.queued_bytes,
             )
             cluster.reconcile(name, report)
+        self._sample_snic(now)
         if self._active > 0:
             self.loop.after(self.config.report_interval_s, self._report)
+
+    def _sample_snic(self, now: float) -> None:
+        """Bounded: past `SNIC_SAMPLES` points every other one goes and sampling halves."""
+        self._reports += 1
+        if self._reports % self._stride:
+            return
+        for name, node in self.nodes.items():
+            points = self._snic[name]
+            points.append((now, node.links.snic.moved_bytes))
+            if len(points) > SNIC_SAMPLES:
+                del points[1::2]
+                if name == next(iter(self.nodes)):
+                    self._stride *= 2
 
     # --- one request through the cluster -------------------------------------------------------
 
@@ -338,4 +361,9 @@ class Simulator:
             sheds=sum(r.shed for r in records),
             events=self.loop.processed,
             wall_s=time.perf_counter() - started,
+            snic_samples={
+                name: (*points, (self.loop.now, self.nodes[name].links.snic.moved_bytes))
+                for name, points in self._snic.items()
+            },
+            snic_bytes_per_s=self.model.snic_bytes_per_s,
         )

@@ -14,9 +14,10 @@ runner = CliRunner()
 
 def test_compare_writes_every_policy_with_the_issue_fields(tmp_path: Path) -> None:
     out = tmp_path / "sim.json"
-    result = runner.invoke(app, ["simulate", "--preset", "32k", "--agents", "6", "--cluster",
-                                 "1P2D", "--compare", "basic,dualpath-slo,oracle",
-                                 "--json", str(out)])  # fmt: skip
+    args = ["simulate", "--preset", "32k", "--agents", "6", "--cluster", "1P2D",
+            "--compare", "basic,dualpath-slo,oracle", "--json", str(out),
+            "--out", str(tmp_path / "report")]  # fmt: skip
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert set(report["policies"]) == {"basic", "dualpath-slo", "oracle"}
@@ -25,6 +26,11 @@ def test_compare_writes_every_policy_with_the_issue_fields(tmp_path: Path) -> No
             assert figures[key] is not None and figures[key] >= 0
         assert figures["completed"] == figures["requests"] == report["requests"]
     assert report["jct_basic_over"]["basic"] == 1.0
+    for policy in ("basic", "dualpath-slo", "oracle"):
+        folder = tmp_path / "report" / policy
+        html = (folder / "index.html").read_text()
+        for png in ("ttft_cdf.png", "tpot_cdf.png", "snic.png", "read_paths.png"):
+            assert (folder / png).stat().st_size > 1000 and png in html, (policy, png)
 
 
 def test_online_capacity(tmp_path: Path) -> None:
