@@ -6,9 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engines.engine_core import DecodeBatch, DecodeRun, DecodeSeq, PrefillJob, PrefillQueue
+from engines.engine_core import (
+    DecodeBatch,
+    DecodeRun,
+    DecodeSeq,
+    PrefillJob,
+    PrefillQueue,
+    PrefillStep,
+)
 from engines.engine_model import EngineModel
-from engines.node_links import LinkQueue, NodeLinks, Transfer
+from engines.node_links import LinkQueue, NodeLinks, Transfer, TransferStep
 from loadtest.sim.event_loop import EventLoop
 
 Done = Callable[[], None]
@@ -42,11 +49,10 @@ class SimLink:
         self._busy = True
         self.loop.after(step.duration_s, self._finish, step)
 
-    def _finish(self, step: object) -> None:
-        self.queue.finish_step(step)  # type: ignore[arg-type]
+    def _finish(self, step: TransferStep) -> None:
+        self.queue.finish_step(step)
         self._busy = False
-        done = self._done.pop(step.transfer.tid)  # type: ignore[attr-defined]
-        done()
+        self._done.pop(step.transfer.tid)()
         self._kick()
 
 
@@ -84,10 +90,10 @@ class SimPrefill:
         self.busy_s += step.duration_s
         self.loop.after(step.duration_s, self._finish, step)
 
-    def _finish(self, step: object) -> None:
-        self.queue.finish_step(step)  # type: ignore[arg-type]
+    def _finish(self, step: PrefillStep) -> None:
+        self.queue.finish_step(step)
         self._busy = False
-        self._done.pop(step.job.rid)()  # type: ignore[attr-defined]
+        self._done.pop(step.job.rid)()
         self._kick()
 
 
