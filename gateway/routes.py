@@ -36,6 +36,8 @@ class GatewayState:
     """Checks each turn's estimated hit against the KV store; None when no store is set."""
 
 
+READ_PATH_HEADER = "x-dualpath-read-path"
+
 router = APIRouter()
 
 
@@ -74,6 +76,10 @@ async def _generate(request: Request) -> Response:
         scheduler.finished(model, rid, output if isinstance(output, int) else None)
 
     forwarded = {h: headers[h] for h in FORWARDED_HEADERS if h in headers}
+    # Which route loaded this request's cached KV, for load testers' read-path shares.
+    headers_out = {READ_PATH_HEADER: decision.read_path}
+    if plan is not None:
+        headers_out[SESSION_HEADER] = plan.session_id
     kv = KVRoute(
         state.sessions.chain_root(headers, model),
         decision.read_path,
@@ -84,7 +90,7 @@ async def _generate(request: Request) -> Response:
         parsed,
         pair,
         forwarded,
-        response_headers={SESSION_HEADER: plan.session_id} if plan is not None else None,
+        response_headers=headers_out,
         on_complete=state.sessions.on_complete(plan, started_at, pair) if plan else None,
         on_first_chunk=lambda: scheduler.first_token(model, rid),
         on_end=on_end,

@@ -63,6 +63,11 @@ def test_reads_go_through_both_sides_and_every_request_succeeds() -> None:
         cached = asyncio.run(run())
         workers = httpx.get(base + "/ready", timeout=10).json()["workers"]
         explained = httpx.get(base + "/debug/decisions", params={"limit": 1000}).json()
+        one = httpx.post(
+            base + "/v1/chat/completions",
+            json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        )
         reads = {
             w["role"] + w["url"]: _kv_counters(w["url"])["storage_read_blocks"] for w in workers
         }
@@ -75,6 +80,7 @@ def test_reads_go_through_both_sides_and_every_request_succeeds() -> None:
     assert len(paths) == SESSIONS * TURNS
     assert {"de", "split"} & set(paths), paths
     assert explained["policy"] == "dualpath-slo"
+    assert one.status_code == 200 and one.headers["x-dualpath-read-path"] == "pe"  # no hit
     for d in view["decisions"]:
         assert d["candidates"] and d["reason"]
         assert d["candidates"][0]["ttft_s"] == d["predicted_ttft_s"]
