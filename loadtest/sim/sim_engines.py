@@ -5,6 +5,7 @@ worker steps the very same objects in real time)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 from engines.engine_core import (
     DecodeBatch,
@@ -19,41 +20,66 @@ from engines.node_links import LinkQueue, NodeLinks, Transfer, TransferStep
 from loadtest.sim.event_loop import EventLoop
 
 Done = Callable[[], None]
+S = TypeVar("S", bound="_Step")
 
 
-class SimLink:
+class _Queue(Protocol[S]):
+    def next_step(self) -> S | None: ...
+
+    def finish_step(self, step: S) -> object: ...
+
+
+class _Step(Protocol):
+    @property
+    def duration_s(self) -> float: ...
+
+
+class _OneAtATime(Generic[S]):
+    """Drives a pure queue that runs one step at a time (`next_step` / `finish_step`): each
+    step's end is an event, and the work it finished is told by its id."""
+
+    def __init__(self, loop: EventLoop, queue: _Queue[S], id_of: Callable[[S], str]) -> None:
+        self.loop = loop
+        self._queue = queue
+        self._id_of = id_of
+        self._done: dict[str, Done] = {}
+        self._busy = False
+
+    def _start(self, work_id: str, done: Done) -> None:
+        self._done[work_id] = done
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._busy:
+            return
+        step = self._queue.next_step()
+        if step is None:
+            return
+        self._busy = True
+        self.loop.after(step.duration_s, self._finish, step)
+
+    def _finish(self, step: S) -> None:
+        self._queue.finish_step(step)
+        self._busy = False
+        self._done.pop(self._id_of(step))()
+        self._kick()
+
+
+class SimLink(_OneAtATime[TransferStep]):
     """One NIC: FIFO transfers at full bandwidth, `done` called when each one's last byte lands."""
 
     def __init__(self, loop: EventLoop, queue: LinkQueue, instant: bool = False) -> None:
-        self.loop = loop
+        super().__init__(loop, queue, lambda step: step.transfer.tid)
         self.queue = queue
         self.instant = instant
         """Oracle: I/O costs nothing."""
-        self._done: dict[str, Done] = {}
-        self._busy = False
 
     def send(self, tid: str, nbytes: float, done: Done) -> None:
         if self.instant or nbytes <= 0:
             done()
             return
         self.queue.add(Transfer(tid, nbytes))
-        self._done[tid] = done
-        self._kick()
-
-    def _kick(self) -> None:
-        if self._busy:
-            return
-        step = self.queue.next_step()
-        if step is None:
-            return
-        self._busy = True
-        self.loop.after(step.duration_s, self._finish, step)
-
-    def _finish(self, step: TransferStep) -> None:
-        self.queue.finish_step(step)
-        self._busy = False
-        self._done.pop(step.transfer.tid)()
-        self._kick()
+        self._start(tid, done)
 
 
 class SimNode:
@@ -64,37 +90,17 @@ class SimNode:
         self.cnic = SimLink(loop, links.cnic, instant)
 
 
-class SimPrefill:
+class SimPrefill(_OneAtATime[PrefillStep]):
     """A prefill engine: one forward at a time, FIFO."""
 
     def __init__(self, loop: EventLoop, model: EngineModel, node: SimNode) -> None:
-        self.loop = loop
         self.queue = PrefillQueue(model, max_waiting=1 << 30)
+        super().__init__(loop, self.queue, lambda step: step.job.rid)
         self.node = node
-        self._done: dict[str, Done] = {}
-        self._busy = False
-        self.busy_s = 0.0
 
     def submit(self, rid: str, append: int, cached: int, done: Done) -> None:
         self.queue.add(PrefillJob(rid, append, cached))
-        self._done[rid] = done
-        self._kick()
-
-    def _kick(self) -> None:
-        if self._busy:
-            return
-        step = self.queue.next_step()
-        if step is None:
-            return
-        self._busy = True
-        self.busy_s += step.duration_s
-        self.loop.after(step.duration_s, self._finish, step)
-
-    def _finish(self, step: PrefillStep) -> None:
-        self.queue.finish_step(step)
-        self._busy = False
-        self._done.pop(step.job.rid)()
-        self._kick()
+        self._start(rid, done)
 
 
 class SimDecode:
