@@ -123,7 +123,9 @@ def simulate(
         bool, typer.Option("--capacity", help="Online: the most APS meeting the SLO.")
     ] = False,
     slo: Annotated[str, typer.Option(help="ttft=SECONDS,tpot=SECONDS")] = "ttft=4,tpot=0.05",
-    layerwise: Annotated[bool, typer.Option(help="Predict with layer-wise prefill.")] = False,
+    layerwise: Annotated[
+        bool, typer.Option(help="Engines prefill layer-wise (load and compute overlap).")
+    ] = False,
     tool_latency: Annotated[
         float, typer.Option(min=0, help="Scale of the trace's tool latency (0: none).")
     ] = 0.0,
@@ -159,12 +161,13 @@ def simulate(
     except (LoadtestError, ValueError) as exc:
         raise _fail(str(exc)) from None
     work = _agents(loaded, agents, tool_latency)
-    scheduler = SchedulerConfig(ttft_s=target.ttft_s, tpot_s=target.tpot_s, layerwise=layerwise)
+    scheduler = SchedulerConfig(ttft_s=target.ttft_s, tpot_s=target.tpot_s)
     config = SimConfig(
         model=model,
         prefill=prefill,
         decode=decode,
         scheduler=scheduler,
+        layerwise=layerwise,
         time_scale=time_scale,
         snic_gbps=snic_gbps,
         cnic_gbps=cnic_gbps,

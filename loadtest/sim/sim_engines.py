@@ -91,16 +91,47 @@ class SimNode:
 
 
 class SimPrefill(_OneAtATime[PrefillStep]):
-    """A prefill engine: one forward at a time, FIFO."""
+    """A prefill engine: one forward at a time, FIFO.
+
+    Layer-wise prefill: a request may join the queue before its cached KV is in (`kv_ready`
+    False). Should it reach the engine first, the engine starts it and computes layer by layer as
+    the KV arrives: it ends at the later of start + compute and KV-in + one layer's compute.
+    """
 
     def __init__(self, loop: EventLoop, model: EngineModel, node: SimNode) -> None:
         self.queue = PrefillQueue(model, max_waiting=1 << 30)
         super().__init__(loop, self.queue, lambda step: step.job.rid)
         self.node = node
+        self._layers = max(model.layers, 1)
+        self._loading: set[str] = set()
+        self._started: dict[str, tuple[PrefillStep, float]] = {}
 
-    def submit(self, rid: str, append: int, cached: int, done: Done) -> None:
+    def submit(self, rid: str, append: int, cached: int, done: Done, kv_ready: bool = True) -> None:
+        if not kv_ready:
+            self._loading.add(rid)
         self.queue.add(PrefillJob(rid, append, cached))
         self._start(rid, done)
+
+    def kv_loaded(self, rid: str) -> None:
+        """All of `rid`'s cached KV is in the engine."""
+        self._loading.discard(rid)
+        started = self._started.pop(rid, None)
+        if started is not None:
+            step, at = started
+            end = max(at + step.duration_s, self.loop.now + step.duration_s / self._layers)
+            self.loop.at(end, self._finish, step)
+
+    def _kick(self) -> None:
+        if self._busy:
+            return
+        step = self._queue.next_step()
+        if step is None:
+            return
+        self._busy = True
+        if step.job.rid in self._loading:
+            self._started[step.job.rid] = (step, self.loop.now)  # computes as layers arrive
+        else:
+            self.loop.after(step.duration_s, self._finish, step)
 
 
 class SimDecode:

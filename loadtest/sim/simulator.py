@@ -74,6 +74,9 @@ class SimConfig:
     report_interval_s: float = 0.25
     decode_kv_tokens: int = 4_000_000
     """Each decode engine's KV pool."""
+    layerwise: bool = False
+    """Engines compute layer l while layer l+1's KV is still arriving (the paper's layer-wise
+    prefill); the scheduler predicts with it too (`SchedulerConfig.layerwise`)."""
     time_scale: float = 1.0
     """Every modelled duration × this, as `dualpath up --time-scale` (must be > 0)."""
     snic_gbps: float | None = None
@@ -188,7 +191,7 @@ class Simulator:
         self.model = model.slowed(config.time_scale) if config.time_scale != 1.0 else model
         oracle = config.policy == ORACLE
         policy = "dualpath-slo" if oracle else config.policy
-        cluster = ClusterState(replace(config.scheduler, policy=policy))
+        cluster = ClusterState(replace(config.scheduler, policy=policy, layerwise=config.layerwise))
         cost = _FreeIO(self.model) if oracle else self.model
         self.nodes: dict[str, SimNode] = {}
         self.prefills: dict[str, SimPrefill] = {}
@@ -308,10 +311,15 @@ class Simulator:
         de_bytes = hit_bytes - pe_bytes
         parts = [3]  # prefill-side read, decode-side read, its crossing to the prefill node
 
+        layerwise = self.config.layerwise
+
         def part_done() -> None:
             parts[0] -= 1
             if parts[0] == 0:
-                pe.submit(d.rid, record.append, record.hit, prefilled)
+                if layerwise:
+                    pe.kv_loaded(d.rid)
+                else:
+                    pe.submit(d.rid, record.append, record.hit, prefilled)
 
         def prefilled() -> None:
             handoff = pe_bytes + self.model.kv_bytes(record.append)
@@ -336,6 +344,8 @@ class Simulator:
             self._turn_done(record)
             self._schedule()
 
+        if layerwise:  # queued now: it may start computing while its KV still arrives
+            pe.submit(d.rid, record.append, record.hit, prefilled, kv_ready=False)
         pe.node.snic.send(d.rid + ":pe", pe_bytes, part_done)
         de.node.snic.send(d.rid + ":de", de_bytes, part_done)
         pe.node.cnic.send(d.rid + ":cross", de_bytes, part_done)

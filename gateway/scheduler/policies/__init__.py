@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.policies.base import Policy
-from gateway.scheduler.policies.basic import Basic
+from gateway.scheduler.policies.basic import Basic, BasicDual
 from gateway.scheduler.policies.cache_aware import CacheAware
 from gateway.scheduler.policies.dualpath import DualPath
 from gateway.scheduler.policies.dualpath_slo import DualPathSLO
@@ -16,6 +16,7 @@ POLICIES: dict[str, Callable[[SchedulerConfig], Policy]] = {
     "round_robin": RoundRobin,
     "cache_aware": CacheAware,
     "basic": Basic,
+    "basic-dual": BasicDual,
     "dualpath": DualPath,
     "dualpath-slo": DualPathSLO,
 }

@@ -1,11 +1,16 @@
-"""`basic`: the paper's baseline: prefill-side reads only, the least-loaded engines by tokens."""
+"""`basic`: the paper's baseline: prefill-side reads only, the least-loaded engines by tokens.
+
+`basic-dual` is the paper's ablation step between `basic` and `dualpath`: the same placement,
+with each request read on the side whose node has the shorter read queue (dual-path loading
+without the dual-path scheduling).
+"""
 
 from __future__ import annotations
 
 from gateway.scheduler.cluster_state import ClusterState
 from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.decision import Decision, Hold
-from gateway.scheduler.policies.base import candidate, decide, engines_for
+from gateway.scheduler.policies.base import candidate, decide, engines_for, shared_paths
 from gateway.scheduler.request import SchedRequest
 
 
@@ -13,6 +18,7 @@ class Basic:
     name = "basic"
     discipline = "fifo"
     sheds = False
+    dual_reads = False
 
     def __init__(self, config: SchedulerConfig) -> None:
         self._config = config
@@ -24,5 +30,17 @@ class Basic:
         pes, des = found
         pe = min(pes, key=lambda e: (e.tok, e.index))
         de = min(des, key=lambda e: (e.tok, e.index))
-        chosen = candidate(now, pe, de, req, 1.0, self._config.layerwise)
-        return decide(req, chosen, self.name, "fewest tokens, prefill-side read", now)
+        share, side = 1.0, "prefill"
+        if (
+            self.dual_reads
+            and "de" in shared_paths(pe, de)
+            and de.node.read_q_bytes(now) < pe.node.read_q_bytes(now)
+        ):
+            share, side = 0.0, "decode"
+        chosen = candidate(now, pe, de, req, share, self._config.layerwise)
+        return decide(req, chosen, self.name, f"fewest tokens, {side}-side read", now)
+
+
+class BasicDual(Basic):
+    name = "basic-dual"
+    dual_reads = True

@@ -228,3 +228,13 @@ def test_slo_breaks_a_tie_towards_the_prefill_side() -> None:
     fast = LinearCost(snic_bytes_per_s=float("inf"), cnic_bytes_per_s=float("inf"))
     d = _decided(_place("dualpath-slo", cluster(1, 1, cost=fast), request(hit=4096)))
     assert d.read_path == "pe"
+
+
+def test_basic_dual_keeps_basic_placement_but_reads_on_the_shorter_queue() -> None:
+    state = cluster(2, 2)
+    state.engines["p0"].tok = 5000
+    state.engines["p1"].node.snic_free_at = 2.0
+    d = _decided(_place("basic-dual", state, request()))
+    assert (d.prefill, d.decode, d.read_path) == ("p1", "d0", "de")
+    state.engines["p1"].node.snic_free_at = 0.0
+    assert _decided(_place("basic-dual", state, request())).read_path == "pe"
