@@ -59,9 +59,6 @@ class NodeState:
     def read_q_bytes(self, now: float) -> float:
         return self.read_q_s(now) * self.snic_bytes_per_s
 
-    def cnic_q_s(self, now: float) -> float:
-        return max(self.cnic_free_at - now, 0.0)
-
     def queue_read(self, now: float, nbytes: float) -> None:
         if nbytes > 0:
             self.snic_free_at = max(self.snic_free_at, now) + nbytes / self.snic_bytes_per_s

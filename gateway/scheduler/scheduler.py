@@ -46,9 +46,6 @@ class Scheduler:
     def held(self) -> int:
         return len(self._queue)
 
-    def held_requests(self) -> list[SchedRequest]:
-        return list(self._queue)
-
     def wake_at(self) -> float | None:
         """When a held head may become placeable without any event (None: wait for one)."""
         return self.last_hold.until if self._queue and self.last_hold else None
