@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from bench.overhead.machine import describe  # noqa: E402
 from loadtest.generator import generate  # noqa: E402
 from loadtest.metrics import SLO  # noqa: E402
-from loadtest.sim.experiments import capacity, compare, flat  # noqa: E402
+from loadtest.sim.experiments import capacity, compare_results, flat  # noqa: E402
 from loadtest.sim.simulator import SimAgent, SimConfig, SimTurn, Simulator  # noqa: E402
 
 OFFLINE_POLICIES = ["basic", "dualpath", "dualpath-slo", "oracle"]
@@ -48,11 +48,16 @@ def agents(preset: str, count: int, seed: int) -> list[SimAgent]:
 
 
 def offline(count: int, seed: int) -> dict[str, Any]:
+    """The paper's Basic is DeepSeek's framework as it was: no layer-wise prefill. DualPath
+    ("Ours") and its Oracle adopt layer-wise prefill (§3.1), so they run with it."""
     work = agents("64k", count, seed)
     started = time.perf_counter()
-    out = compare(
-        work, SimConfig(model="ds-v3.2-660b", prefill=2, decode=4), OFFLINE_POLICIES, SLO()
-    )
+    base = SimConfig(model="ds-v3.2-660b", prefill=2, decode=4)
+    results = {
+        p: Simulator(replace(base, policy=p, layerwise=p != "basic"), work).run()
+        for p in OFFLINE_POLICIES
+    }
+    out = compare_results(results, SLO())
     runs = out["policies"]
     slo, basic, oracle = runs["dualpath-slo"], runs["basic"], runs["oracle"]
     out["targets"] = {
@@ -92,20 +97,24 @@ def ablation(count: int, seed: int) -> dict[str, Any]:
     }
 
 
-def online(
-    model: str, prefill: int, decode: int, count: int, seed: int, target: float
-) -> dict[str, Any]:
-    work = agents("64k", count, seed)
+def online(model: str, prefill: int, decode: int, seed: int, target: float) -> dict[str, Any]:
+    """Steady-state capacity (`loadtest.sim.experiments.capacity`) over the 64K preset's 500
+    trajectories (the paper's data-set size), replayed in turn by Poisson arrivals."""
+    pool = agents("64k", 500, seed)
     slo = SLO(4.0, 0.05)
     base = SimConfig(model=model, prefill=prefill, decode=decode)
+    started = time.perf_counter()
     found = {
-        p: capacity(work, replace(base, policy=p), slo, seed, 0.005, 5.0, 9)
+        p: capacity(
+            pool, replace(base, policy=p, layerwise=p != "basic"), slo, seed, None, 0.05, 2.0, 0.04
+        )
         for p in ONLINE_POLICIES
     }
     aps = {p: f["aps"] for p, f in found.items()}
     ratio = aps["dualpath-slo"] / aps["basic"] if aps["basic"] and aps["dualpath-slo"] else None
     return {
         "capacity": found,
+        "aps": aps,
         "targets": {
             "slo_over_basic": {"value": ratio, "target": f">= {target}"},
             "slo_at_least_dualpath": {
@@ -114,37 +123,47 @@ def online(
                 else aps["dualpath-slo"] >= aps["dualpath"]
             },
         },
+        "wall_s": time.perf_counter() - started,
     }
+
+
+PARTS = ("offline", "ablation", "online-660b", "online-27b")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=1024)
-    parser.add_argument("--online-agents", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--skip-online", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="256 agents offline, no online")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
+    if args.quick:
+        parts = [p for p in parts if not p.startswith("online")]
+    count = 256 if args.quick else args.agents
+    runs = {
+        "offline": ("offline_660b_2p4d_64k", lambda: offline(count, args.seed)),
+        "ablation": ("ablation_660b_2p4d_64k", lambda: ablation(count, args.seed)),
+        "online-660b": ("online_660b_2p4d", lambda: online("ds-v3.2-660b", 2, 4, args.seed, 2.25)),
+        "online-27b": ("online_27b_1p1d", lambda: online("ds-27b", 1, 1, args.seed, 1.67)),
+    }
     report: dict[str, Any] = {
         "bench": "paper_targets",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": describe(REPO),
     }
-    report["offline_660b_2p4d_64k"] = offline(256 if args.quick else args.agents, args.seed)
-    print(json.dumps(report["offline_660b_2p4d_64k"]["targets"], indent=1))
-    report["ablation_660b_2p4d_64k"] = ablation(256 if args.quick else args.agents, args.seed)
-    print(json.dumps(report["ablation_660b_2p4d_64k"], indent=1))
-    if not args.quick and not args.skip_online:
-        report["online_660b_2p4d"] = online(
-            "ds-v3.2-660b", 2, 4, args.online_agents, args.seed, 2.25
-        )
-        report["online_27b_1p1d"] = online("ds-27b", 1, 1, args.online_agents, args.seed, 1.67)
-        for key in ("online_660b_2p4d", "online_27b_1p1d"):
-            print(key, json.dumps(report[key]["targets"]))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    for part in parts:
+        key, run = runs[part]
+        report[key] = run()
+        print(key, json.dumps(report[key].get("targets"), indent=1), flush=True)
+        if args.out:  # after each part: a long run's finished parts survive an interruption
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

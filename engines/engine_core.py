@@ -23,18 +23,32 @@ class PrefillJob:
 
 @dataclass(frozen=True, slots=True)
 class PrefillStep:
-    job: PrefillJob
+    """One prefill forward over a batch of requests; all of them finish together."""
+
+    jobs: tuple[PrefillJob, ...]
     duration_s: float
+
+    @property
+    def rids(self) -> tuple[str, ...]:
+        return tuple(job.rid for job in self.jobs)
 
 
 @dataclass(slots=True)
 class PrefillQueue:
-    """Requests wait in FIFO order; one prefill forward runs at a time."""
+    """Requests wait in FIFO order; one prefill forward runs at a time, over as many waiting
+    requests as fit in `max_batch_tokens` new tokens (SGLang's `--chunked-prefill-size`; a
+    request larger than that runs alone, unchunked).
+
+    Without `layerwise` prefill a forward first copies its requests' whole loaded KV from the
+    DRAM buffer into HBM; layer-wise, each layer's copy hides behind the previous layer's compute.
+    """
 
     model: EngineModel
     max_waiting: int = 4096
+    max_batch_tokens: int = 16384
+    layerwise: bool = False
     waiting: deque[PrefillJob] = field(default_factory=deque)
-    running: PrefillJob | None = None
+    running: tuple[PrefillJob, ...] = ()
 
     def add(self, job: PrefillJob) -> bool:
         """Queue a job; False when the queue is full (the caller rejects the request)."""
@@ -51,15 +65,28 @@ class PrefillQueue:
         return False
 
     def next_step(self) -> PrefillStep | None:
-        if self.running is not None or not self.waiting:
+        waiting = self.waiting
+        if self.running or not waiting:
             return None
-        job = self.waiting.popleft()
-        self.running = job
-        return PrefillStep(job, self.model.prefill_compute_s(job.append_tokens, job.cached_tokens))
+        first = waiting.popleft()
+        jobs = [first]
+        room = self.max_batch_tokens - max(first.append_tokens, 1)
+        while waiting and max(waiting[0].append_tokens, 1) <= room:
+            job = waiting.popleft()
+            room -= max(job.append_tokens, 1)
+            jobs.append(job)
+        self.running = tuple(jobs)
+        m = self.model
+        duration = m.node.step_overhead_s
+        for job in jobs:
+            duration += m.prefill_marginal_s(job.append_tokens, job.cached_tokens)
+            if not self.layerwise:
+                duration += m.h2d_s(job.cached_tokens)
+        return PrefillStep(self.running, duration)
 
     def finish_step(self, step: PrefillStep) -> None:
-        if self.running is step.job:
-            self.running = None
+        if self.running is step.jobs:
+            self.running = ()
 
     @property
     def num_waiting(self) -> int:
@@ -67,12 +94,11 @@ class PrefillQueue:
 
     @property
     def num_running(self) -> int:
-        return 0 if self.running is None else 1
+        return len(self.running)
 
     @property
     def pending_tokens(self) -> int:
-        jobs = [*self.waiting, *([self.running] if self.running else [])]
-        return sum(j.append_tokens + j.cached_tokens for j in jobs)
+        return sum(j.append_tokens + j.cached_tokens for j in (*self.waiting, *self.running))
 
 
 @dataclass(slots=True)

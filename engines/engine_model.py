@@ -236,9 +236,18 @@ class EngineModel:
         return linear + attention + indexer
 
     def prefill_compute_s(self, append_tokens: int, cached_tokens: int) -> float:
-        """GPU time of one prefill forward (the loaded KV is already in HBM)."""
-        flops = self.prefill_flops(max(append_tokens, 1), cached_tokens)
-        return self.node.step_overhead_s + flops / self.node.flops
+        """GPU time of one prefill forward of this request alone (its KV already in HBM)."""
+        return self.node.step_overhead_s + self.prefill_marginal_s(append_tokens, cached_tokens)
+
+    def prefill_marginal_s(self, append_tokens: int, cached_tokens: int) -> float:
+        """What this request adds to a batched prefill forward: its FLOPs. The forward's fixed
+        cost (launches, EP dispatch, sampling) is paid once for the whole batch."""
+        return self.prefill_flops(max(append_tokens, 1), cached_tokens) / self.node.flops
+
+    def h2d_s(self, tokens: int) -> float:
+        """Time to copy `tokens` of loaded KV from the node's DRAM buffer into HBM. Copies go
+        through the GPUs' compute NICs (the paper's CNIC-centric traffic manager)."""
+        return self.kv_bytes(tokens) / self.node.cnic_bytes_per_s
 
     def storage_read_s(self, tokens: int) -> float:
         """Time to load `tokens` of cached KV through one node's storage NIC, alone."""

@@ -44,6 +44,9 @@ class ScaledCost:
     def prefill_compute_s(self, append_tokens: int, cached_tokens: int) -> float:
         return self.model.prefill_compute_s(append_tokens, cached_tokens) * self.time_scale
 
+    def prefill_marginal_s(self, append_tokens: int, cached_tokens: int) -> float:
+        return self.model.prefill_marginal_s(append_tokens, cached_tokens) * self.time_scale
+
     def decode_step_s(self, batch_size: int, context_tokens: int) -> float:
         return self.model.decode_step_s(batch_size, context_tokens) * self.time_scale
 

@@ -83,14 +83,16 @@ class RequestSample:
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
-    """The `q`-quantile (0..1) by linear interpolation; None for no values."""
+    """The `q`-quantile (0..1) by linear interpolation; None for no values. Infinite values
+    (a request that never answered) are allowed."""
     if not values:
         return None
     ordered = sorted(values)
     pos = q * (len(ordered) - 1)
     low = math.floor(pos)
     high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+    a, b = ordered[low], ordered[high]
+    return a if a == b or pos == low else a + (b - a) * (pos - low)
 
 
 def _dist(values: Iterable[float | None]) -> dict[str, float | None]:

@@ -27,7 +27,15 @@ from gateway.scheduler.policies import POLICIES
 from loadtest.errors import LoadtestError
 from loadtest.generator import generate
 from loadtest.metrics import SLO
-from loadtest.sim.experiments import arrivals, capacity, compare_results, parse_cluster, run_all
+from loadtest.sim.experiments import (
+    Window,
+    agent_run_s,
+    arrivals,
+    capacity,
+    compare_results,
+    parse_cluster,
+    run_all,
+)
 from loadtest.sim.simulator import ORACLE, SimAgent, SimConfig, SimResult, SimTurn
 from loadtest.trace import Trace
 from loadtest.trace_files import load_trace
@@ -120,8 +128,26 @@ def simulate(
         float | None, typer.Option(min=0.0001, help="Online: agents per second.")
     ] = None,
     find_capacity: Annotated[
-        bool, typer.Option("--capacity", help="Online: the most APS meeting the SLO.")
+        bool,
+        typer.Option(
+            "--capacity",
+            help="Online: the most APS whose turns meet the SLO in steady state (the trace's "
+            "agents replayed in turn by Poisson arrivals).",
+        ),
     ] = False,
+    warmup: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Capacity: seconds before turns are judged (default: one "
+            "mean agent run with every turn at the SLO's edge).",
+        ),
+    ] = None,
+    measure: Annotated[
+        float, typer.Option(min=1, help="Capacity: seconds of turns judged.")
+    ] = 300.0,
+    aps_low: Annotated[float, typer.Option(min=0.0001, help="Capacity: search from.")] = 0.01,
+    aps_high: Annotated[float, typer.Option(min=0.0001, help="Capacity: search to.")] = 10.0,
     slo: Annotated[str, typer.Option(help="ttft=SECONDS,tpot=SECONDS")] = "ttft=4,tpot=0.05",
     layerwise: Annotated[
         bool, typer.Option(help="Engines prefill layer-wise (load and compute overlap).")
@@ -181,8 +207,12 @@ def simulate(
         "requests": sum(len(a.turns) for a in work),
     }
     if mode is Mode.ONLINE and find_capacity:
+        if not aps_low < aps_high:
+            raise _fail("--aps-low must be below --aps-high")
+        window = Window(agent_run_s(work, target) if warmup is None else warmup, measure)
         report["capacity"] = {
-            p: capacity(work, replace(config, policy=p), target, seed) for p in policies
+            p: capacity(work, replace(config, policy=p), target, seed, window, aps_low, aps_high)
+            for p in policies
         }
         for p, found in report["capacity"].items():
             aps = found["aps"]

@@ -149,9 +149,10 @@ class EngineRunner:
                 continue
             await self._sleep(step.duration_s)
             queue.finish_step(step)
-            fut = self._prefill_done.get(step.job.rid)
-            if fut is not None and not fut.done():
-                fut.set_result(None)
+            for rid in step.rids:
+                fut = self._prefill_done.get(rid)
+                if fut is not None and not fut.done():
+                    fut.set_result(None)
 
     async def _link_loop(self, link: LinkQueue) -> None:
         wake = self._link_wake[link.name]

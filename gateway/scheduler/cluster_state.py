@@ -286,7 +286,10 @@ class ClusterState:
         """Book a decision's work on its engines and links, before the workers see it."""
         now = decision.at
         pe, de = self.engines[decision.prefill], self.engines[decision.decode]
-        compute_s = pe.cost.prefill_compute_s(req.append_tokens, req.hit_tokens)
+        cost, append, hit = pe.cost, req.append_tokens, req.hit_tokens
+        # Behind a busy engine the request joins a batched forward whose fixed cost is paid.
+        busy = pe.compute_free_at > now
+        compute_s = (cost.prefill_marginal_s if busy else cost.prefill_compute_s)(append, hit)
         hit_bytes = pe.cost.kv_bytes(req.hit_tokens)
         pe_bytes = hit_bytes * decision.pe_share
         pe.node.queue_read(now, pe_bytes)

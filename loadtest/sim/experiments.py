@@ -7,10 +7,10 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from loadtest.metrics import SLO
+from loadtest.metrics import SLO, RequestSample, percentile
 from loadtest.sim.simulator import AgentSpec, SimConfig, SimResult, Simulator
 
 _CLUSTER = re.compile(r"^(\d+)P(\d+)D$", re.IGNORECASE)
@@ -91,41 +91,111 @@ def compare(
     return compare_results(run_all(agents, config, policies, times), slo)
 
 
-def meets(result: SimResult, slo: SLO) -> bool:
-    """The online criterion: TTFT and TPOT at the 90th percentile within target, nothing shed."""
-    s = result.summary(slo)
-    ttft, tpot = s["ttft_s"]["p90"], s["tpot_s"]["p90"]
-    return (
-        s["completed"] == s["requests"]
-        and s["sheds"] == 0
+@dataclass(frozen=True, slots=True)
+class Window:
+    """An online trial: agents arrive for `warmup_s + measure_s`; the turns sent in the last
+    `measure_s` are judged, when the cluster holds as many agents as it will (Little's law: the
+    arrival rate × one agent's run)."""
+
+    warmup_s: float
+    measure_s: float = 300.0
+    tail_s: float = 150.0
+    """The paper's sliding window: the last `tail_s` must meet the SLO too (a cluster past its
+    capacity gets worse the longer it runs)."""
+
+    @property
+    def start_s(self) -> float:
+        return self.warmup_s
+
+    @property
+    def end_s(self) -> float:
+        return self.warmup_s + self.measure_s
+
+
+def agent_run_s(agents: Sequence[AgentSpec], slo: SLO) -> float:
+    """The mean agent's run with every turn at the edge of the SLO (TTFT and TPOT at target):
+    the longest warm-up an acceptable load needs to fill the cluster."""
+    runs = [
+        sum(t.tool_s + slo.ttft_s + max(t.output - 1, 0) * slo.tpot_s for t in a.turns)
+        for a in agents
+    ]
+    return sum(runs) / len(runs) if runs else 0.0
+
+
+def online_trial(
+    pool: Sequence[AgentSpec], config: SimConfig, aps: float, seed: int, window: Window, slo: SLO
+) -> SimResult:
+    """Poisson arrivals at `aps` over the window, each agent a trajectory of `pool` in turn (a
+    data set of trajectories replayed, as the paper's 500), the clock stopped once the last
+    turns sent in the window had their time to meet TTFT."""
+    times: list[float] = []
+    rng = random.Random(seed)
+    at = rng.expovariate(aps)
+    while at < window.end_s:
+        times.append(at)
+        at += rng.expovariate(aps)
+    agents = [pool[i % len(pool)] for i in range(len(times))]
+    return Simulator(replace(config, until_s=window.end_s + slo.ttft_s), agents, times).run()
+
+
+def judge(result: SimResult, slo: SLO, window: Window) -> dict[str, Any]:
+    """Whether the turns sent in the window met the SLO: TTFT and TPOT at p90, over the window
+    and over its last `tail_s`, and none shed. A turn with no first token yet counts as late."""
+    lo, hi = window.start_s, window.end_s
+    inside = [s for s in result.samples if lo <= s.sent_at < hi]
+    tail = [s for s in inside if s.sent_at >= hi - window.tail_s]
+
+    def p90_ttft(samples: Sequence[RequestSample]) -> float | None:
+        ttft = [s.ttft_s if s.ttft_s is not None else float("inf") for s in samples]
+        return percentile(ttft, 0.9)
+
+    tpot = percentile([t for s in inside if (t := s.tpot_s) is not None], 0.9)
+    ttft, tail_ttft = p90_ttft(inside), p90_ttft(tail)
+    sheds = sum(1 for at in result.shed_arrivals if lo <= at < hi)
+    ok = (
+        bool(tail)
+        and sheds == 0
         and ttft is not None
         and ttft <= slo.ttft_s
+        and tail_ttft is not None
+        and tail_ttft <= slo.ttft_s
         and (tpot is None or tpot <= slo.tpot_s)
     )
+    return {
+        "meets": ok,
+        "requests": len(inside),
+        "ttft_p90_s": ttft,
+        "tail_ttft_p90_s": tail_ttft,
+        "tpot_p90_s": tpot,
+        "sheds": sheds,
+        "wall_s": result.wall_s,
+    }
 
 
 def capacity(
-    agents: Sequence[AgentSpec],
+    pool: Sequence[AgentSpec],
     config: SimConfig,
     slo: SLO,
     seed: int,
+    window: Window | None = None,
     low: float = 0.01,
     high: float = 10.0,
-    steps: int = 10,
+    precision: float = 0.03,
 ) -> dict[str, Any]:
-    """The most agents per second meeting the SLO, by bisection between `low` and `high`
-    (`aps` None when even `high` meets it). The agents must be enough to keep arriving for
-    longer than one agent's run at the rates tried, or the cluster never sees a steady load."""
-    tried: dict[float, bool] = {}
+    """The most agents per second whose turns meet the SLO in steady state, by geometric
+    bisection between `low` and `high` down to a `precision` ratio. `window` defaults to one
+    agent run at the SLO's edge of warm-up and 300 s measured."""
+    window = window or Window(warmup_s=agent_run_s(pool, slo))
+    tried: dict[float, dict[str, Any]] = {}
 
     def ok(aps: float) -> bool:
-        result = Simulator(config, agents, arrivals(len(agents), aps, seed)).run()
-        tried[aps] = meets(result, slo)
-        return tried[aps]
+        tried[aps] = judge(online_trial(pool, config, aps, seed, window, slo), slo, window)
+        return bool(tried[aps]["meets"])
 
     def report(aps: float | None, note: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {
             "aps": aps,
+            "window": {"warmup_s": window.warmup_s, "measure_s": window.measure_s},
             "tried": {f"{k:.5g}": v for k, v in sorted(tried.items())},
         }
         if note:
@@ -134,10 +204,11 @@ def capacity(
 
     if not ok(low):
         return report(0.0, "even the lower bound misses the SLO")
-    if ok(high):  # not a capacity: too few agents to load the cluster, or the bound is low
-        return report(None, f"the upper bound {high:g} itself meets the SLO: no capacity found")
     lo, hi = low, high
-    for _ in range(steps):
+    while hi / lo > 1 + precision:
         mid = (lo * hi) ** 0.5  # geometric: capacities span orders of magnitude
         lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    # The upper bound is tried last, and only if it matters: an overloaded trial is the dearest.
+    if hi == high and ok(high):
+        return report(None, f"the upper bound {high:g} itself meets the SLO: no capacity found")
     return report(lo)

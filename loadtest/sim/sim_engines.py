@@ -4,7 +4,7 @@ worker steps the very same objects in real time)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
 from engines.engine_core import (
@@ -36,12 +36,14 @@ class _Step(Protocol):
 
 class _OneAtATime(Generic[S]):
     """Drives a pure queue that runs one step at a time (`next_step` / `finish_step`): each
-    step's end is an event, and the work it finished is told by its id."""
+    step's end is an event, and the work it finished is told by its ids."""
 
-    def __init__(self, loop: EventLoop, queue: _Queue[S], id_of: Callable[[S], str]) -> None:
+    def __init__(
+        self, loop: EventLoop, queue: _Queue[S], ids_of: Callable[[S], Iterable[str]]
+    ) -> None:
         self.loop = loop
         self._queue = queue
-        self._id_of = id_of
+        self._ids_of = ids_of
         self._done: dict[str, Done] = {}
         self._busy = False
 
@@ -61,7 +63,8 @@ class _OneAtATime(Generic[S]):
     def _finish(self, step: S) -> None:
         self._queue.finish_step(step)
         self._busy = False
-        self._done.pop(self._id_of(step))()
+        for work_id in self._ids_of(step):
+            self._done.pop(work_id)()
         self._kick()
 
 
@@ -69,7 +72,7 @@ class SimLink(_OneAtATime[TransferStep]):
     """One NIC: FIFO transfers at full bandwidth, `done` called when each one's last byte lands."""
 
     def __init__(self, loop: EventLoop, queue: LinkQueue, instant: bool = False) -> None:
-        super().__init__(loop, queue, lambda step: step.transfer.tid)
+        super().__init__(loop, queue, lambda step: (step.transfer.tid,))
         self.queue = queue
         self.instant = instant
         """Oracle: I/O costs nothing."""
@@ -91,20 +94,24 @@ class SimNode:
 
 
 class SimPrefill(_OneAtATime[PrefillStep]):
-    """A prefill engine: one forward at a time, FIFO.
+    """A prefill engine: one batched forward at a time, FIFO (`PrefillQueue`).
 
     Layer-wise prefill: a request may join the queue before its cached KV is in (`kv_ready`
-    False). Should it reach the engine first, the engine starts it and computes layer by layer as
-    the KV arrives: it ends at the later of start + compute and KV-in + one layer's compute.
+    False). Should its forward start first, the engine computes layer by layer as the KV arrives:
+    the forward ends at the later of start + compute and last KV-in + one layer's compute.
     """
 
-    def __init__(self, loop: EventLoop, model: EngineModel, node: SimNode) -> None:
-        self.queue = PrefillQueue(model, max_waiting=1 << 30)
-        super().__init__(loop, self.queue, lambda step: step.job.rid)
+    def __init__(
+        self, loop: EventLoop, model: EngineModel, node: SimNode, layerwise: bool = False
+    ) -> None:
+        self.queue = PrefillQueue(model, max_waiting=1 << 30, layerwise=layerwise)
+        super().__init__(loop, self.queue, lambda step: step.rids)
         self.node = node
         self._layers = max(model.layers, 1)
         self._loading: set[str] = set()
-        self._started: dict[str, tuple[PrefillStep, float]] = {}
+        self._started: dict[str, tuple[PrefillStep, float, set[str]]] = {}
+        """Each still-loading request of a started forward → (forward, its start, its
+        requests still loading)."""
 
     def submit(self, rid: str, append: int, cached: int, done: Done, kv_ready: bool = True) -> None:
         if not kv_ready:
@@ -116,8 +123,11 @@ class SimPrefill(_OneAtATime[PrefillStep]):
         """All of `rid`'s cached KV is in the engine."""
         self._loading.discard(rid)
         started = self._started.pop(rid, None)
-        if started is not None:
-            step, at = started
+        if started is None:
+            return
+        step, at, loading = started
+        loading.discard(rid)
+        if not loading:
             end = max(at + step.duration_s, self.loop.now + step.duration_s / self._layers)
             self.loop.at(end, self._finish, step)
 
@@ -128,10 +138,13 @@ class SimPrefill(_OneAtATime[PrefillStep]):
         if step is None:
             return
         self._busy = True
-        if step.job.rid in self._loading:
-            self._started[step.job.rid] = (step, self.loop.now)  # computes as layers arrive
-        else:
+        loading = {rid for rid in step.rids if rid in self._loading}
+        if not loading:
             self.loop.after(step.duration_s, self._finish, step)
+            return
+        started = (step, self.loop.now, loading)  # computes as the layers arrive
+        for rid in loading:
+            self._started[rid] = started
 
 
 class SimDecode:

@@ -82,6 +82,8 @@ class SimConfig:
     snic_gbps: float | None = None
     cnic_gbps: float | None = None
     """Every node's storage / compute NIC, GB/s; None: the cost model's node."""
+    until_s: float | None = None
+    """Online windows: the clock stops here, and what is still running is left unfinished."""
     max_events: int = 200_000_000
     """A run that needs more is stuck (a bug): it stops with `SimulationStuck`."""
 
@@ -134,6 +136,8 @@ class SimResult:
     `SNIC_SAMPLES` points."""
     snic_bytes_per_s: float = 0.0
     """Every node's storage-NIC bandwidth (per virtual second)."""
+    shed_arrivals: tuple[float, ...] = ()
+    """When each request that was shed at least once was first sent."""
 
     @property
     def jct_s(self) -> float:
@@ -170,6 +174,7 @@ class _FreeIO:
         self.cnic_bytes_per_s = float("inf")
         self.kv_bytes = model.kv_bytes
         self.prefill_compute_s = model.prefill_compute_s
+        self.prefill_marginal_s = model.prefill_marginal_s
         self.decode_step_s = model.decode_step_s
 
 
@@ -198,7 +203,7 @@ class Simulator:
         self.decodes: dict[str, SimDecode] = {}
         for i in range(config.prefill):
             node = self.nodes[f"p{i}"] = SimNode(self.loop, self.model, instant=oracle)
-            self.prefills[f"p{i}"] = SimPrefill(self.loop, self.model, node)
+            self.prefills[f"p{i}"] = SimPrefill(self.loop, self.model, node, config.layerwise)
             cluster.add_engine(f"p{i}", "prefill", cost)
         for i in range(config.decode):
             node = self.nodes[f"d{i}"] = SimNode(self.loop, self.model, instant=oracle)
@@ -358,8 +363,11 @@ class Simulator:
             else:
                 self._active -= 1
         self.loop.at(0.0, self._report)
-        self.loop.run(max_events=self.config.max_events)
-        if self.loop.pending:
+        until = self.config.until_s
+        self.loop.run(
+            until=float("inf") if until is None else until, max_events=self.config.max_events
+        )
+        if self.loop.pending and (until is None or self.loop.processed >= self.config.max_events):
             raise SimulationStuck(
                 f"{self.loop.processed} events and not done at t={self.loop.now:.3f}s"
             )
@@ -376,4 +384,5 @@ class Simulator:
                 for name, points in self._snic.items()
             },
             snic_bytes_per_s=self.model.snic_bytes_per_s,
+            shed_arrivals=tuple(r.arrival for r in records if r.shed),
         )

@@ -59,15 +59,44 @@ def test_unknown_model_is_a_clear_error() -> None:
         EngineModel.named("gpt-9")
 
 
-def test_prefill_queue_is_fifo_one_at_a_time() -> None:
+def test_prefill_queue_is_fifo_one_forward_at_a_time() -> None:
     q = PrefillQueue(EngineModel.named("tiny"), max_waiting=2)
     assert q.add(PrefillJob("a", 100, 0)) and q.add(PrefillJob("b", 10, 0))
     assert not q.add(PrefillJob("c", 10, 0))
+    assert q.abort("b")
     step = q.next_step()
-    assert step is not None and step.job.rid == "a" and step.duration_s > 0
+    assert step is not None and step.rids == ("a",) and step.duration_s > 0
+    assert q.add(PrefillJob("b", 10, 0))
     assert q.next_step() is None  # one forward at a time
     q.finish_step(step)
-    assert q.abort("b") and q.next_step() is None
+    nxt = q.next_step()
+    assert nxt is not None and nxt.rids == ("b",)
+
+
+def test_prefill_batches_up_to_the_token_budget_and_shares_the_fixed_cost() -> None:
+    model = EngineModel.named("ds-v3.2-660b")
+    q = PrefillQueue(model, max_batch_tokens=1000, layerwise=True)
+    for rid in "abc":
+        q.add(PrefillJob(rid, 400, 30_000))
+    step = q.next_step()
+    assert step is not None and step.rids == ("a", "b")  # c would pass 1,000 new tokens
+    alone = model.prefill_compute_s(400, 30_000)
+    assert step.duration_s == pytest.approx(2 * alone - model.node.step_overhead_s)
+    q.finish_step(step)
+    rest = q.next_step()
+    assert rest is not None and rest.rids == ("c",)
+    assert rest.duration_s == pytest.approx(alone)
+
+
+def test_prefill_without_layerwise_copies_the_loaded_kv_first() -> None:
+    model = EngineModel.named("ds-v3.2-660b")
+    plain, layerwise = PrefillQueue(model), PrefillQueue(model, layerwise=True)
+    for q in (plain, layerwise):
+        q.add(PrefillJob("a", 400, 30_000))
+    a, b = plain.next_step(), layerwise.next_step()
+    assert a is not None and b is not None
+    assert a.duration_s - b.duration_s == pytest.approx(model.h2d_s(30_000))
+    assert model.h2d_s(30_000) == pytest.approx(model.kv_bytes(30_000) / model.cnic_bytes_per_s)
 
 
 def test_decode_batch_is_continuous_and_tpot_rises_with_load() -> None:

@@ -33,6 +33,8 @@ def test_percentile_interpolates() -> None:
     assert percentile([], 0.5) is None
     assert percentile([3.0, 1.0, 2.0], 0.5) == 2.0
     assert percentile([0.0, 10.0], 0.99) == pytest.approx(9.9)
+    inf = float("inf")  # a request that never answered
+    assert percentile([1.0, inf, inf], 0.9) == inf and percentile([1.0, 2.0, inf], 0.5) == 2.0
 
 
 def test_summary_counts_goodput_errors_and_paths() -> None:

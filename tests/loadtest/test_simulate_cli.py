@@ -36,13 +36,16 @@ def test_compare_writes_every_policy_with_the_issue_fields(tmp_path: Path) -> No
 def test_online_capacity(tmp_path: Path) -> None:
     out = tmp_path / "cap.json"
     result = runner.invoke(app, ["simulate", "--preset", "32k", "--agents", "4", "--mode",
-                                 "online", "--capacity", "--cluster", "1P1D",
+                                 "online", "--capacity", "--cluster", "1P1D", "--warmup", "30",
+                                 "--measure", "30", "--aps-low", "0.05", "--aps-high", "20",
                                  "--json", str(out)])  # fmt: skip
     assert result.exit_code == 0, result.output
     found = json.loads(out.read_text())["capacity"]["dualpath-slo"]
-    assert found["tried"]
-    # Four agents cannot load a cluster: every rate meets the SLO, which is said, not faked.
-    assert found["aps"] is None and "no capacity found" in found["note"]
+    assert found["window"] == {"warmup_s": 30.0, "measure_s": 30.0}
+    assert found["aps"] is not None and 0.05 <= found["aps"] < 20
+    assert f"capacity {found['aps']:.4f} agents/s" in result.output
+    tried = {float(aps): v["meets"] for aps, v in found["tried"].items()}
+    assert tried[0.05] and not any(ok for aps, ok in tried.items() if aps > found["aps"])
 
 
 def test_bad_arguments_exit_2_with_a_reason() -> None:
@@ -52,6 +55,20 @@ def test_bad_arguments_exit_2_with_a_reason() -> None:
         (["--cluster", "1P1D"], "--trace FILE or --preset"),
         (["--preset", "32k", "--mode", "online"], "--aps"),
         (["--preset", "32k", "--slo", "ttft=-1"], "positive"),
+        (
+            [
+                "--preset",
+                "32k",
+                "--mode",
+                "online",
+                "--capacity",
+                "--aps-low",
+                "2",
+                "--aps-high",
+                "1",
+            ],
+            "--aps-low",
+        ),
     ):
         result = runner.invoke(app, ["simulate", "--agents", "2", *args])
         assert result.exit_code == 2 and reason in result.output, (args, result.output)

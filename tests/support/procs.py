@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -49,8 +50,9 @@ def running(
     log: Path | None = None,
     env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start `cmd`, wait until `ready_url` answers 2xx, and stop it (SIGTERM, then SIGKILL)."""
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+    """Start `cmd`, wait until `ready_url` answers 2xx, and stop it (SIGTERM, then SIGKILL).
+    Its output goes to `log` (a temporary file if None); a failed start quotes its tail."""
+    out = open(log, "w+b") if log else tempfile.TemporaryFile()  # noqa: SIM115
     proc = subprocess.Popen(
         list(cmd),
         cwd=REPO,
@@ -61,12 +63,16 @@ def running(
     )
     try:
         if ready_url:
-            wait_http_ok(ready_url, proc, timeout)
+            try:
+                wait_http_ok(ready_url, proc, timeout)
+            except (RuntimeError, TimeoutError) as exc:
+                out.seek(0)
+                tail = out.read()[-4000:].decode(errors="replace")
+                raise type(exc)(f"{exc}; its output ends:\n{tail}") from None
         yield proc
     finally:
         stop(proc)
-        if log:
-            out.close()  # type: ignore[union-attr]
+        out.close()
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> int:

@@ -26,6 +26,9 @@ class LinearCost:
     def prefill_compute_s(self, append_tokens: int, cached_tokens: int) -> float:
         return max(append_tokens, 1) * self.compute_s_per_token
 
+    def prefill_marginal_s(self, append_tokens: int, cached_tokens: int) -> float:
+        return self.prefill_compute_s(append_tokens, cached_tokens)  # no fixed cost to share
+
     def decode_step_s(self, batch_size: int, context_tokens: int) -> float:
         return 0.010 + 0.001 * batch_size
 
