@@ -2,9 +2,9 @@
 
 The scheduler keeps its own optimistic view of every engine (updated at dispatch) and reconciles it
 with these reports. A stock SGLang worker reports requests and KV tokens; ours also report their
-node's link queues (`dualpath.read_q_bytes`, `cnic_q_bytes`), None elsewhere. A worker that does
-not answer keeps its last report (with its age in `at`); the health check decides whether it is
-used at all.
+node's link queues (`dualpath.read_q_bytes`, `cnic_q_bytes`) and what the links moved
+(`snic_moved_bytes`, `cnic_moved_bytes`), None elsewhere. A worker that does not answer keeps its
+last report (with its age in `at`); the health check decides whether it is used at all.
 """
 
 from __future__ import annotations
@@ -35,11 +35,21 @@ class WorkerLoad:
     read_q_bytes: float | None = None
     """Modelled bytes queued on the node's storage NIC; None when the worker does not say."""
     cnic_q_bytes: float | None = None
+    snic_moved_bytes: float | None = None
+    """Modelled bytes the node's storage NIC has moved since the worker started (a counter, for
+    utilisation); None when the worker does not say."""
+    cnic_moved_bytes: float | None = None
 
 
 def _number(rank: Mapping[str, Any], key: str) -> float:
     value = rank.get(key, 0)
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def _counter(links: list[dict[str, Any]], key: str) -> float | None:
+    """Summed over the ranks that report it; None when none does (older workers)."""
+    reported = [d for d in links if key in d]
+    return sum(_number(d, key) for d in reported) if reported else None
 
 
 def parse_loads(body: Any, at: float) -> WorkerLoad | None:
@@ -60,6 +70,8 @@ def parse_loads(body: Any, at: float) -> WorkerLoad | None:
         max_tokens=total("max_total_num_tokens"),
         read_q_bytes=sum(_number(d, "read_q_bytes") for d in links) if links else None,
         cnic_q_bytes=sum(_number(d, "cnic_q_bytes") for d in links) if links else None,
+        snic_moved_bytes=_counter(links, "snic_moved_bytes"),
+        cnic_moved_bytes=_counter(links, "cnic_moved_bytes"),
     )
 
 

@@ -18,12 +18,16 @@ from engines.worker_registry import Worker, WorkerRegistry
 from gateway.debug_routes import router as debug_router
 from gateway.errors import APIError, InvalidRequest, MethodNotAllowed, NotFound
 from gateway.hit_probe import HitProbe
+from gateway.live_state import LiveState
+from gateway.metrics import GatewayMetrics
 from gateway.pd_dispatch import PDDispatcher
 from gateway.routes import GatewayState, router
 from gateway.scheduling import LiveScheduler
 from gateway.session_routes import router as session_router
 from gateway.session_turns import SessionTurns
 from gateway.settings import GatewaySettings
+from gateway.telemetry_routes import install_telemetry
+from gateway.tracing import Tracing
 from kvstore.open_store import open_store
 from kvstore.store import KVStore
 
@@ -64,6 +68,8 @@ async def _on_unexpected(_: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: GatewaySettings) -> FastAPI:
+    metrics = GatewayMetrics()  # before the lifespan: its middleware counts every response
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # First, so a store that cannot be set up stops the start before anything runs. The
@@ -84,14 +90,18 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         )
         loads.start()
         sessions = SessionTurns.from_settings(settings)
+        metrics.attach(LiveState(registry, scheduler.schedulers, scheduler.policy, sessions.store))
+        tracing = Tracing.from_env(settings.trace_content)  # None unless OTEL_* asks for it
         app.state.gateway = GatewayState(
             settings=settings,
             registry=registry,
             scheduler=scheduler,
-            dispatcher=PDDispatcher(client),
+            dispatcher=PDDispatcher(client, on_stage=metrics.stage_seconds),
             sessions=sessions,
             started=int(time.time()),
             hit_probe=HitProbe(kv_store, settings.kv.probe_timeout_s) if kv_store else None,
+            metrics=metrics,
+            tracing=tracing,
         )
         try:
             yield
@@ -103,11 +113,14 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             await client.aclose()
             if kv_store is not None:
                 await kv_store.close()
+            if tracing is not None:  # last: flushes the spans of everything above
+                tracing.shutdown()
 
     app = FastAPI(title="dualpath-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(router)
     app.include_router(session_router)
     app.include_router(debug_router)
+    install_telemetry(app, metrics)
     app.add_exception_handler(APIError, _on_api_error)
     app.add_exception_handler(HTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)

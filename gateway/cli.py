@@ -15,9 +15,11 @@ from rich.console import Console
 from rich.syntax import Syntax
 
 from gateway.scheduler.policies import POLICIES
+from gateway.sglang_args import sglang_args
 from loadtest.cli import register as register_loadtest
 from loadtest.cli import trace_app
 from loadtest.simulate_cli import simulate
+from loadtest.span_report_cli import report
 
 POLICY_NAMES = ", ".join(POLICIES)
 
@@ -31,6 +33,8 @@ app = typer.Typer(
 app.add_typer(trace_app, name="trace")
 register_loadtest(app)
 app.command("simulate")(simulate)
+app.command("report")(report)
+app.command("sglang-args")(sglang_args)
 console = Console()
 
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.responses import Response
@@ -32,6 +32,9 @@ from gateway.placement import PDPair
 from gateway.relay_response import RelayResponse
 from gateway.request_parsing import ParsedRequest
 from gateway.usage import SSEUsageFilter, patch_response_usage
+
+if TYPE_CHECKING:
+    from gateway.tracing import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +106,16 @@ def encode_body(body: dict[str, Any], messages_json: bytes | None) -> bytes:
 
 
 class PDDispatcher:
-    def __init__(self, client: UpstreamClient, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        rng: random.Random | None = None,
+        on_stage: Callable[[str, float], None] | None = None,
+    ) -> None:
         self._client = client
         self._rng = rng or random.Random()
+        self._on_stage = on_stage
+        """Told the seconds the gateway spends building each upstream body (`dispatch`)."""
         # Aborts and drains that outlive their request; a reference keeps them from being
         # garbage-collected, and each removes itself when done (so the set is bounded by load).
         self._background: set[asyncio.Task[Any]] = set()
@@ -168,14 +178,23 @@ class PDDispatcher:
         headers: dict[str, str],
         messages_json: bytes | None,
         kv: KVRoute | None,
+        trace: RequestTrace | None = None,
     ) -> tuple[UpstreamResponse, asyncio.Task[None], str | None]:
+        started = time.monotonic()
         body, rid = self.upstream_body(req, pair, kv)
         payload = encode_body(body, messages_json)
+        if self._on_stage is not None:
+            self._on_stage("dispatch", time.monotonic() - started)
+        prefill_headers = decode_headers = headers
+        if trace is not None:  # each leg's span goes upstream as its `traceparent`
+            prefill_headers, decode_headers = trace.legs(pair, headers)
         prefill = asyncio.create_task(
-            self._prefill_leg(pair.prefill.url + req.path, payload, headers)
+            self._prefill_leg(pair.prefill.url + req.path, payload, prefill_headers)
         )
+        if trace is not None:
+            prefill.add_done_callback(trace.prefill_done)
         decode = asyncio.create_task(
-            self._client.open(pair.decode.url + req.path, payload, headers)
+            self._client.open(pair.decode.url + req.path, payload, decode_headers)
         )
         try:
             done, _ = await asyncio.wait({prefill, decode}, return_when=asyncio.FIRST_COMPLETED)
@@ -221,16 +240,20 @@ class PDDispatcher:
         on_end: OnEnd | None = None,
         messages_json: bytes | None = None,
         kv: KVRoute | None = None,
+        trace: RequestTrace | None = None,
     ) -> Response:
         """Relay one request; `on_complete` is called once if (and only if) it finishes,
         `on_first_chunk` when the first token goes out (streams), `on_end` in every case.
 
         `messages_json`, when given, is `orjson.dumps(req.body["messages"])` already made (the
-        session step needs it too), so a long context is serialised once, not twice.
+        session step needs it too), so a long context is serialised once, not twice. `trace`,
+        when tracing is on, opens each leg's span and gives it its `traceparent`.
         """
         end = on_end or _ignore
         try:
-            response, prefill, rid = await self._open_decode(req, pair, headers, messages_json, kv)
+            response, prefill, rid = await self._open_decode(
+                req, pair, headers, messages_json, kv, trace
+            )
         except BaseException:
             end(None)
             raise

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
@@ -13,12 +13,14 @@ from engines.worker_registry import Worker, WorkerRegistry
 from gateway.errors import ModelNotFound
 from gateway.hit_probe import HitProbe
 from gateway.kv_route import KVRoute
+from gateway.metrics import GatewayMetrics
 from gateway.pd_dispatch import FORWARDED_HEADERS, Completed, PDDispatcher
 from gateway.request_parsing import check_content_type, parse_request, read_body
 from gateway.sched_request import sched_request
 from gateway.scheduling import LiveScheduler
 from gateway.session_turns import SessionTurns
 from gateway.settings import GatewaySettings
+from gateway.tracing import RequestTrace, Tracing
 from session.identity import SESSION_HEADER
 
 
@@ -34,6 +36,10 @@ class GatewayState:
     started: int
     hit_probe: HitProbe | None = None
     """Checks each turn's estimated hit against the KV store; None when no store is set."""
+    tracing: Tracing | None = None
+    """OpenTelemetry traces; None when tracing is off (the requests then build no span)."""
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    """`GET /metrics`: the routes record each request's stages, latencies and usage."""
 
 
 READ_PATH_HEADER = "x-dualpath-read-path"
@@ -47,8 +53,20 @@ def _state(request: Request) -> GatewayState:
 
 
 async def _generate(request: Request) -> Response:
-    started_at = time.monotonic()
     state = _state(request)
+    if state.tracing is None:
+        return await _handle(request, state, None)
+    trace = state.tracing.request(request.url.path, request.headers)
+    try:
+        return trace.response(await _handle(request, state, trace))
+    except BaseException as exc:
+        trace.fail(exc)
+        raise
+
+
+async def _handle(request: Request, state: GatewayState, trace: RequestTrace | None) -> Response:
+    started_at = time.monotonic()
+    metrics = state.metrics
     headers = request.headers
     check_content_type(headers)
     raw = await read_body(headers, request.stream(), state.settings.limits)
@@ -58,22 +76,44 @@ async def _generate(request: Request) -> Response:
         raise ModelNotFound(
             f"The model '{model}' does not exist or is not served here", param="model"
         )
+    lap = metrics.stage("parse", started_at)
+    if trace is not None:
+        trace.stage("session.identify")
     turn = await state.sessions.begin(parsed, headers)
     plan = turn.plan if turn is not None else None
+    lap = metrics.stage("session", lap)
+    if plan is not None:
+        metrics.session_turn(plan)
     hit = plan.hit_tokens if plan is not None else None
+    if trace is not None:
+        trace.session(parsed, plan)
     if plan is not None and state.hit_probe is not None:
+        if trace is not None:
+            trace.stage("kv.lookup")
         # Evicted blocks are computed, not loaded: schedule and announce only what is stored.
         hit = await state.hit_probe.confirmed_hit(plan)
+        lap = metrics.stage("kv_lookup", lap)
+        if trace is not None:
+            trace.kv_lookup(plan, hit)
     wanted = sched_request(
         parsed, plan, headers, len(raw), state.settings.scheduler, started_at, hit_tokens=hit
     )
+    if trace is not None:
+        trace.stage("schedule")
     decision, pair = await state.scheduler.place(model, wanted)
+    metrics.placed(model, decision, lap)
+    if trace is not None:
+        trace.scheduled(decision, pair, wanted)
     scheduler, rid = state.scheduler, wanted.rid
 
     def on_end(done: Completed | None) -> None:
         # However it ends, both legs' work is released; unstreamed, no TTFT was seen to feed back.
         output = (done.usage or {}).get("completion_tokens") if done is not None else None
         scheduler.finished(model, rid, output if isinstance(output, int) else None)
+        if done is not None:
+            metrics.finished(model, started_at, done)
+        if trace is not None:
+            trace.end(done)
 
     forwarded = {h: headers[h] for h in FORWARDED_HEADERS if h in headers}
     # Which route loaded this request's cached KV, for load testers' read-path shares.
@@ -96,6 +136,7 @@ async def _generate(request: Request) -> Response:
         on_end=on_end,
         messages_json=turn.messages_json if turn is not None else None,
         kv=kv,
+        trace=trace,
     )
 
 

@@ -14,7 +14,8 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any, cast
 
 from engines.worker_registry import Worker, WorkerRegistry
@@ -66,6 +67,10 @@ class LiveScheduler:
     def cluster(self, model: str) -> ClusterState:
         """The scheduler's view of one model's engines."""
         return self._scheduler(model).cluster
+
+    def schedulers(self) -> Mapping[str, Scheduler]:
+        """Each model's scheduler, read-only, for views of live state (`/metrics`, dashboard)."""
+        return MappingProxyType(self._schedulers)
 
     def sync(self) -> None:
         """Registry → cluster state, then schedule whatever became placeable."""

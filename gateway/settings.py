@@ -116,6 +116,9 @@ class GatewaySettings:
     tokenizer: str = ""
     """The workers' HuggingFace tokenizer.json; empty = the built-in tokenizer."""
     log_level: str = "warning"
+    trace_content: bool = False
+    """`DUALPATH_TRACE_CONTENT`: put prompt and completion text in trace span events (tracing
+    itself is set by the standard `OTEL_*` variables; see `gateway/tracing.py`)."""
 
 
 def _coerce(value: str, like: Any) -> Any:

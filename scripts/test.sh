@@ -9,6 +9,11 @@ if ! ldconfig -p | grep 'libibverbs\.so\.1 ' >/dev/null && command -v apt-get >/
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libibverbs1 >/dev/null
 fi
+# The dashboard test drives Debian's chromium headless through Playwright (no browser download).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'

@@ -45,7 +45,10 @@ def _child_setup(cpus: set[int] | None) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def spawn(cmd: list[str], cpus: set[int] | None, log: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    cmd: list[str], cpus: set[int] | None, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`env`: variables added to ours for the child (e.g. `OTEL_*`)."""
     with open(log, "wb") as out:
         return subprocess.Popen(
             cmd,
@@ -53,7 +56,7 @@ def spawn(cmd: list[str], cpus: set[int] | None, log: Path) -> subprocess.Popen[
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             # The parent starts no threads, so a preexec hook is safe here.
             preexec_fn=lambda: _child_setup(cpus),
         )
@@ -192,16 +195,24 @@ def router(w: Workers, cpus: set[int] | None, logdir: Path, timeout: float) -> T
     return _start("router", cmd, port, "/readiness", w, cpus, logdir, timeout)
 
 
-def gateway(w: Workers, cpus: set[int] | None, logdir: Path, timeout: float) -> Target:
+def gateway(
+    w: Workers,
+    cpus: set[int] | None,
+    logdir: Path,
+    timeout: float,
+    *,
+    name: str = "gateway",
+    env: dict[str, str] | None = None,
+) -> Target:
     exe = BIN / "dualpath"
     if not exe.exists():
-        return Target("gateway", skipped=f"{exe} not found (package not installed yet?)")
+        return Target(name, skipped=f"{exe} not found (package not installed yet?)")
     probe = subprocess.run(
         [str(exe), "serve", "--help"], capture_output=True, timeout=60, cwd=REPO, check=False
     )
     if probe.returncode != 0:
         tail = (probe.stderr or probe.stdout).decode(errors="replace")[-400:]
-        return Target("gateway", skipped=f"`dualpath serve --help` failed: {tail}")
+        return Target(name, skipped=f"`dualpath serve --help` failed: {tail}")
     config = logdir / "cluster.yaml"
     config.write_text(
         "workers:\n"
@@ -211,7 +222,7 @@ def gateway(w: Workers, cpus: set[int] | None, logdir: Path, timeout: float) -> 
     )
     port = free_port()
     cmd = [str(exe), "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
-    return _start("gateway", cmd, port, "/ready", w, cpus, logdir, timeout)
+    return _start(name, cmd, port, "/ready", w, cpus, logdir, timeout, env)
 
 
 def _start(
@@ -223,9 +234,10 @@ def _start(
     cpus: set[int] | None,
     logdir: Path,
     timeout: float,
+    env: dict[str, str] | None = None,
 ) -> Target:
     log = logdir / f"{name}.log"
-    proc = spawn(cmd, cpus, log)
+    proc = spawn(cmd, cpus, log, env)
     try:
         wait_ready(f"http://127.0.0.1:{port}{ready}", proc, timeout)
     except (RuntimeError, TimeoutError) as exc:

@@ -12,6 +12,7 @@ inputs.py         request bodies → GenRequest
 responses.py      SGLang / OpenAI response shapes
 info.py           /server_info, /model_info, /get_load, /v1/loads bodies
 metrics.py        sglang:* Prometheus metrics on a per-app registry
+tracing.py        OpenTelemetry spans per request, continuing the caller's traceparent
 server.py         serve(): uvicorn with uvloop + httptools
 """
 

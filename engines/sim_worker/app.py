@@ -37,6 +37,7 @@ from engines.sim_worker.rendezvous import (
 from engines.sim_worker.responses import error_body, generate_error_body
 from engines.sim_worker.runner import EngineRunner
 from engines.sim_worker.serving import serve_generation
+from engines.sim_worker.tracing import WorkerTracing
 from engines.sim_worker.worker import SimWorker
 from engines.tokenizer import load_tokenizer
 from kvstore.block import BlockShape
@@ -117,6 +118,9 @@ def create_app(config: SimWorkerConfig) -> FastAPI:
         )
         board: RoomBoard[RoomResult] = RoomBoard(config.bootstrap_timeout_s, config.max_rooms)
         async with contextlib.AsyncExitStack() as stack:
+            tracing = WorkerTracing.from_env(config)  # None unless OTEL_* asks for it
+            if tracing is not None:
+                stack.callback(tracing.shutdown)  # first in, so last out: flushes every span
             client = httpx.AsyncClient(timeout=httpx.Timeout(10.0), trust_env=False)
             await stack.enter_async_context(client)
             rooms = RoomClient(client) if config.role == "decode" else None
@@ -136,7 +140,7 @@ def create_app(config: SimWorkerConfig) -> FastAPI:
                 stack.push_async_callback(server.stop)
             runner.start()
             stack.push_async_callback(runner.stop)
-            app.state.worker = SimWorker(config, tokenizer, runner, board, rooms, kv)
+            app.state.worker = SimWorker(config, tokenizer, runner, board, rooms, kv, tracing)
             app.state.ready_at = time.monotonic() + config.startup_delay_s
             app.state.started = time.time()
             yield

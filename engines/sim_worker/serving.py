@@ -101,7 +101,7 @@ async def serve_generation(
     if kind == "generate" and api.batch:
         return await _serve_batch(request, worker, api)
     cache_report = worker.config.enable_cache_report
-    agen = worker.run(api.items[0])
+    agen = worker.run(api.items[0], worker.trace_parent(request.headers))
     try:
         if not api.stream:
             state = await until_disconnect(request, _last(agen))
@@ -138,7 +138,8 @@ async def serve_generation(
 
 
 async def _serve_batch(request: Request, worker: SimWorker, api: ApiRequest) -> Response:
-    gens = [worker.run(item) for item in api.items]
+    parent = worker.trace_parent(request.headers)
+    gens = [worker.run(item, parent) for item in api.items]
     if not api.stream:
         try:
             states = await until_disconnect(request, asyncio.gather(*(_last(g) for g in gens)))

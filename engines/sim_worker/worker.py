@@ -13,9 +13,10 @@ import contextlib
 import dataclasses
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from engines.sim_worker.config import SimWorkerConfig
 from engines.sim_worker.errors import BadRequest, RequestAborted, SimWorkerError
@@ -27,6 +28,12 @@ from engines.sim_worker.prefix_cache import PrefixCache
 from engines.sim_worker.rendezvous import FAKE_BOOTSTRAP_HOST, RoomBoard, RoomClient, RoomResult
 from engines.sim_worker.runner import EngineRunner
 from engines.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.trace import Span
+
+    from engines.sim_worker.tracing import WorkerTracing
 
 T = TypeVar("T")
 
@@ -51,6 +58,8 @@ class ReqState:
 class _Active:
     aborted: asyncio.Event = field(default_factory=asyncio.Event)
     reason: str = "aborted"
+    span: Span | None = None
+    """The request's trace span; None when tracing is off."""
 
 
 class SimWorker:
@@ -62,8 +71,11 @@ class SimWorker:
         board: RoomBoard[RoomResult],
         rooms: RoomClient | None,
         kv: WorkerKV | None = None,
+        tracing: WorkerTracing | None = None,
     ) -> None:
         self.config = config
+        self.tracing = tracing
+        """OpenTelemetry spans per request; None when tracing is off."""
         self.tokenizer = tokenizer
         self.runner = runner
         self.board = board
@@ -120,9 +132,13 @@ class SimWorker:
 
     # --- one request --------------------------------------------------------------------------
 
-    async def run(self, req: GenRequest) -> AsyncIterator[ReqState]:
+    async def run(self, req: GenRequest, parent: Context | None = None) -> AsyncIterator[ReqState]:
+        """`parent`: the caller's trace context (`trace_parent`); None: not traced (tracing off,
+        or the worker's own work such as the health probe)."""
         state = ReqState(req.rid, len(req.prompt_ids), time.monotonic())
         active = self._active[req.rid] = _Active()
+        if self.tracing is not None and parent is not None:
+            active.span = self.tracing.begin(req, parent)
         try:
             try:
                 async for st in self._run(req, state, active):
@@ -136,6 +152,23 @@ class SimWorker:
             self._active.pop(req.rid, None)
             self.runner.abort(req.rid)
             self._account(req, state)
+            if active.span is not None and self.tracing is not None:
+                self.tracing.end(active.span, state)
+
+    def trace_parent(self, headers: Mapping[str, str]) -> Context | None:
+        """The trace context a request's headers carry; None when tracing is off."""
+        return self.tracing.parent(headers) if self.tracing is not None else None
+
+    def _stage(self, active: _Active, name: str) -> AbstractContextManager[Span | None]:
+        if active.span is None or self.tracing is None:
+            return nullcontext()
+        return self.tracing.stage(active.span, name)
+
+    def _traced(self, active: _Active, name: str, work: Awaitable[T]) -> Awaitable[T]:
+        """`work`, inside a span named `name` when the request is traced."""
+        if active.span is None or self.tracing is None:
+            return work
+        return self.tracing.within(active.span, name, work)
 
     def _fail(self, state: ReqState, exc: SimWorkerError) -> None:
         state.error = exc
@@ -205,8 +238,9 @@ class SimWorker:
                 return
         writer = self.kv.writer(req.kv and req.kv.root, keys, req.prompt_ids) if self.kv else None
         try:
-            async for st in self._decode(req, state, plan, first, writer):
-                yield st
+            with self._stage(active, "decode"):
+                async for st in self._decode(req, state, plan, first, writer):
+                    yield st
         finally:
             if writer is not None:
                 writer.cancel()
@@ -219,15 +253,15 @@ class SimWorker:
             self.config.role == "prefill" and bs is not None and bs.host != FAKE_BOOTSTRAP_HOST
         )
         try:
-            cached = await self._until_aborted(active, self._load(req, keys))
-            state.cached_tokens = cached
-            await self._until_aborted(
-                active, self.runner.prefill(req.rid, len(req.prompt_ids) - cached, cached)
+            cached = await self._until_aborted(
+                active, self._traced(active, "kv.read", self._load(req, keys))
             )
+            state.cached_tokens = cached
+            compute = self.runner.prefill(req.rid, len(req.prompt_ids) - cached, cached)
+            await self._until_aborted(active, self._traced(active, "prefill.compute", compute))
             if self.kv is not None:  # write-through, so the next turn finds this one's blocks
-                await self._until_aborted(
-                    active, self.kv.persist(keys, cached // self.config.page_size)
-                )
+                persist = self.kv.persist(keys, cached // self.config.page_size)
+                await self._until_aborted(active, self._traced(active, "kv.persist", persist))
         except SimWorkerError as exc:
             if publish:  # tell the waiting decode at once rather than after its timeout
                 assert bs is not None
@@ -279,9 +313,13 @@ class SimWorker:
         assert bs is not None
         staging: asyncio.Future[int] | None = None
         if kv is not None and (staged := _staged_keys(kv, req, keys)) is not None:
-            staging = asyncio.ensure_future(kv.stage(req.rid, bs.room, staged))
+            staging = asyncio.ensure_future(
+                self._traced(active, "kv.stage", kv.stage(req.rid, bs.room, staged))
+            )
         try:
-            first, cached = await self._collect(bs.host, bs.port, bs.room, plan, active)
+            first, cached = await self._traced(
+                active, "pd.wait", self._collect(bs.host, bs.port, bs.room, plan, active)
+            )
             held = await staging if staging is not None else 0
         finally:
             if staging is not None and not staging.done():
@@ -289,12 +327,9 @@ class SimWorker:
         if kv is not None and bs.host != FAKE_BOOTSTRAP_HOST:
             # The prefill hands over the KV this node does not hold yet.
             tokens = len(req.prompt_ids) - held * self.config.page_size
-            await self._until_aborted(
-                active,
-                self.runner.transfer(
-                    self.runner.links.cnic, req.rid, kv.shape.kv_bytes_per_token * tokens
-                ),
-            )
+            link, size = self.runner.links.cnic, kv.shape.kv_bytes_per_token * tokens
+            transfer = self.runner.transfer(link, req.rid, size)
+            await self._until_aborted(active, self._traced(active, "kv.transfer", transfer))
         return first, cached
 
     async def _collect(

@@ -1,0 +1,383 @@
+"""Traces of the gateway's requests (OpenTelemetry): setup and the span helpers the routes call.
+
+Off by default (`engines.otel`: on when `OTEL_TRACES_EXPORTER` or an OTLP endpoint is set). Off,
+`Tracing.from_env` returns None, no SDK provider exists and the routes take their untraced path:
+no span, no attribute is built. On, each request is one tree:
+
+    chat.completions | completions   SERVER  GenAI attributes + ours (`dualpath.*`), TTFT/TPOT
+    ├── session.identify                     how the session was found, its estimated hit
+    ├── kv.lookup                            the hit probe: estimated vs confirmed hit tokens
+    ├── schedule                             queue wait (held time), the decision and why
+    ├── prefill                      CLIENT  the prefill leg; its `traceparent` goes upstream
+    └── decode                       CLIENT  the decode leg (the relayed stream), likewise
+
+The client's own `traceparent` is honoured (the request span is its child), and each leg sends
+its span's `traceparent` to its worker, whose spans continue the trace
+(`engines/sim_worker/tracing.py`). Prompt and completion text are never recorded unless
+`DUALPATH_TRACE_CONTENT` is on; then they go in span events, cut at `MAX_CONTENT_CHARS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import orjson
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from starlette.responses import Response
+
+from engines.otel import provider_from_env
+from gateway.errors import APIError
+from gateway.relay_response import RelayResponse
+from gateway.trace_answer import MAX_CONTENT_CHARS, completion_text, cut, note_finish_reasons
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from gateway.pd_dispatch import Completed
+    from gateway.placement import PDPair
+    from gateway.request_parsing import ParsedRequest
+    from gateway.scheduler.decision import Decision
+    from gateway.scheduler.request import SchedRequest
+    from session.tracker import TurnPlan
+
+SERVICE = "dualpath-gateway"
+TRACER = "dualpath.gateway"
+CHAT_PATH = "/v1/chat/completions"
+SPAN_NAMES = {CHAT_PATH: "chat.completions", "/v1/completions": "completions"}
+_MAX_ID = 128
+_MAX_SERVERS = 4096
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class Tracing:
+    """The gateway's tracer provider, owned by the app's lifespan."""
+
+    def __init__(self, provider: TracerProvider, content: bool = False) -> None:
+        self.provider = provider
+        self.tracer = provider.get_tracer(TRACER)
+        self.content = content
+        """Record prompt and completion text in span events."""
+        self._servers: dict[str, Mapping[str, Any]] = {}
+
+    @classmethod
+    def from_env(cls, content: bool = False) -> Tracing | None:
+        """Tracing as the `OTEL_*` environment asks; None when it is off."""
+        provider = provider_from_env(SERVICE)
+        return None if provider is None else cls(provider, content)
+
+    def request(self, path: str, headers: Mapping[str, str]) -> RequestTrace:
+        return RequestTrace(self, path, headers)
+
+    def server(self, url: str) -> Mapping[str, Any]:
+        """A worker's `server.*` attributes, parsed once per worker (bounded by the registry)."""
+        attrs = self._servers.get(url)
+        if attrs is None:
+            where = urlsplit(url)
+            attrs = {"server.address": where.hostname or url}
+            if where.port is not None:
+                attrs["server.port"] = where.port
+            if len(self._servers) < _MAX_SERVERS:
+                self._servers[url] = attrs
+        return attrs
+
+    def shutdown(self) -> None:
+        """Flush what is queued (bounded by `OTEL_BSP_EXPORT_TIMEOUT`) and stop exporting."""
+        self.provider.shutdown()
+
+
+def _number(body: Mapping[str, Any], *names: str) -> int | float | None:
+    for name in names:
+        value = body.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return value
+    return None
+
+
+class RequestTrace:
+    """One request's spans. Stages open and close in order; the request span ends once the
+    response was handed back *and* the dispatcher reported the end (either order), or on a
+    failure raised to the route."""
+
+    __slots__ = (
+        "_completion",
+        "_ctx",
+        "_decode",
+        "_done",
+        "_ended",
+        "_finish",
+        "_on",
+        "_prefill",
+        "_returned",
+        "_stage",
+        "_t0",
+        "_tracing",
+        "span",
+    )
+
+    def __init__(self, tracing: Tracing, path: str, headers: Mapping[str, str]) -> None:
+        self._tracing = tracing
+        self._t0 = time.monotonic()
+        chat = path == CHAT_PATH
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "chat" if chat else "text_completion",
+            "gen_ai.system": "sglang",
+        }
+        request_id = headers.get("x-request-id")
+        if request_id:
+            attrs["dualpath.request_id"] = request_id[:_MAX_ID]
+        # The client's trace, if it sent one (extracting costs, so only then).
+        parent = _PROPAGATOR.extract(headers) if "traceparent" in headers else None
+        self.span: Span = tracing.tracer.start_span(
+            SPAN_NAMES.get(path, path), context=parent, kind=SpanKind.SERVER, attributes=attrs
+        )
+        self._on = self.span.is_recording()
+        """False when the sampler dropped this trace: then every step below is a no-op, and the
+        workers only get the `traceparent` that tells them it was not sampled."""
+        self._ctx = set_span_in_context(self.span)
+        self._stage: Span | None = None
+        self._prefill: Span | None = None
+        self._decode: Span | None = None
+        self._done: Completed | None = None
+        self._returned = self._ended = False
+        self._finish: list[str] = []
+        self._completion: list[bytes] | None = [] if tracing.content else None
+
+    # --- stages -------------------------------------------------------------------------------
+
+    def stage(self, name: str) -> None:
+        """Open the next stage's span (closing the previous one if it was left open)."""
+        if not self._on:
+            return
+        self._close_stage({})
+        self._stage = self._tracing.tracer.start_span(name, context=self._ctx)
+
+    def _close_stage(self, attrs: Mapping[str, Any]) -> None:
+        if self._stage is not None:
+            self._stage.set_attributes(attrs)
+            self._stage.end()
+            self._stage = None
+
+    def session(self, req: ParsedRequest, plan: TurnPlan | None) -> None:
+        if not self._on:
+            return
+        body = req.body
+        attrs: dict[str, Any] = {"gen_ai.request.model": req.model, "dualpath.stream": req.stream}
+        if req.batch_size > 1:
+            attrs["dualpath.batch_size"] = req.batch_size
+        for attr, names in (
+            ("gen_ai.request.max_tokens", ("max_completion_tokens", "max_tokens")),
+            ("gen_ai.request.temperature", ("temperature",)),
+            ("gen_ai.request.top_p", ("top_p",)),
+            ("gen_ai.request.seed", ("seed",)),
+        ):
+            value = _number(body, *names)
+            if value is not None:
+                attrs[attr] = value
+        stage: dict[str, Any] = {}
+        if plan is not None:
+            attrs["dualpath.session.id"] = attrs["gen_ai.conversation.id"] = plan.session_id
+            stage = {
+                "dualpath.session.source": plan.source,
+                "dualpath.estimated_hit_tokens": plan.hit_tokens,
+            }
+        self.span.set_attributes(attrs)
+        self._close_stage(stage)
+        if self._tracing.content:
+            prompt = body.get("messages", body.get("prompt"))
+            text = orjson.dumps(prompt).decode() if not isinstance(prompt, str) else prompt
+            self.span.add_event("gen_ai.content.prompt", {"gen_ai.prompt": cut(text)})
+
+    def kv_lookup(self, plan: TurnPlan, hit: int) -> None:
+        if self._on:
+            self._close_stage(
+                {"dualpath.estimated_hit_tokens": plan.hit_tokens, "dualpath.hit_tokens": hit}
+            )
+
+    def scheduled(self, decision: Decision, pair: PDPair, wanted: SchedRequest) -> None:
+        if not self._on:
+            return
+        self.span.set_attributes(
+            {
+                "dualpath.hit_tokens": wanted.hit_tokens,
+                "dualpath.append_tokens": wanted.append_tokens,
+                "dualpath.read_path": decision.read_path,
+                "dualpath.pe_share": decision.pe_share,
+                "dualpath.prefill_engine": pair.prefill.url,
+                "dualpath.decode_engine": pair.decode.url,
+                "dualpath.predicted_ttft_s": decision.predicted_ttft_s,
+                "dualpath.predicted_tpot_s": decision.predicted_tpot_s,
+                "dualpath.queue_wait_s": decision.waited_s,
+            }
+        )
+        self._close_stage(
+            {
+                "dualpath.queue_wait_s": decision.waited_s,
+                "dualpath.policy": decision.policy,
+                "dualpath.schedule.reason": decision.reason[:256],
+                "dualpath.schedule.candidates": len(decision.candidates),
+            }
+        )
+
+    # --- the two legs -------------------------------------------------------------------------
+
+    def legs(
+        self, pair: PDPair, headers: Mapping[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Open the prefill and decode CLIENT spans; each leg's headers carry its `traceparent`
+        (unsampled: the request span's, which tells the workers not to sample either)."""
+        if not self._on:
+            unsampled = {**headers, "traceparent": _traceparent(self.span)}
+            return unsampled, unsampled
+        tracer = self._tracing.tracer
+        prefill = self._prefill = tracer.start_span(
+            "prefill", self._ctx, SpanKind.CLIENT, self._tracing.server(pair.prefill.url)
+        )
+        decode = self._decode = tracer.start_span(
+            "decode", self._ctx, SpanKind.CLIENT, self._tracing.server(pair.decode.url)
+        )
+        return (
+            {**headers, "traceparent": _traceparent(prefill)},
+            {**headers, "traceparent": _traceparent(decode)},
+        )
+
+    def prefill_done(self, task: asyncio.Task[None]) -> None:
+        """The prefill leg's task ended (answered, failed or cancelled)."""
+        span, self._prefill = self._prefill, None  # None when unsampled
+        if span is None:
+            return
+        if task.cancelled():
+            span.set_attribute("dualpath.cancelled", True)
+        elif (exc := task.exception()) is not None:
+            _fail_span(span, exc)
+        span.end()
+
+    # --- the end ------------------------------------------------------------------------------
+
+    def response(self, response: Response) -> Response:
+        """The route's answer: a relayed stream is watched as it goes; a whole body is read."""
+        if not self._on:
+            self._ended = True
+            self.span.end()
+            return response
+        if isinstance(response, RelayResponse):
+            response.chunks = self._watch(response.chunks)
+        else:
+            self._read_body(bytes(response.body))
+        self._returned = True
+        if self._done is not None:
+            self._end_ok(self._done)
+        return response
+
+    def end(self, done: Completed | None) -> None:
+        """The dispatcher's `on_end`: called once however the request ended."""
+        if not self._on:
+            return
+        if done is not None:
+            self._done = done
+            if self._returned:
+                self._end_ok(done)
+        elif self._returned:  # a stream that broke or whose client left
+            self._end(error="stream_aborted", message="the stream ended before it was complete")
+        # else: a failure before the response; the route's `fail` follows with the exception.
+
+    def fail(self, exc: BaseException) -> None:
+        """A failure raised to the route (4xx/5xx, shed, client gone while held)."""
+        if not self._on:
+            self._end()
+            return
+        if self._stage is not None:
+            _fail_span(self._stage, exc)
+        self._close_stage({})
+        if isinstance(exc, APIError):
+            self.span.set_attribute("http.response.status_code", exc.status)
+        self._end(error=_error_type(exc), message=str(exc)[:512], exc=exc)
+
+    def _end_ok(self, done: Completed) -> None:
+        usage = done.usage or {}
+        attrs: dict[str, Any] = {"http.response.status_code": 200}
+        for attr, key in (
+            ("gen_ai.usage.input_tokens", "prompt_tokens"),
+            ("gen_ai.usage.output_tokens", "completion_tokens"),
+        ):
+            if isinstance(usage.get(key), int):
+                attrs[attr] = usage[key]
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            attrs["gen_ai.usage.cache_read.input_tokens"] = details["cached_tokens"]
+        if done.first_chunk_at is not None:
+            attrs["dualpath.ttft_s"] = done.first_chunk_at - self._t0
+            output = attrs.get("gen_ai.usage.output_tokens", 0)
+            if output > 1:
+                attrs["dualpath.tpot_s"] = (done.ended_at - done.first_chunk_at) / (output - 1)
+        if self._finish:
+            attrs["gen_ai.response.finish_reasons"] = tuple(self._finish)
+        self.span.set_attributes(attrs)
+        if self._completion:
+            text = completion_text(b"".join(self._completion))
+            self.span.add_event("gen_ai.content.completion", {"gen_ai.completion": cut(text)})
+        self._end()
+
+    def _end(
+        self, *, error: str | None = None, message: str = "", exc: BaseException | None = None
+    ) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        # The prefill leg ends with its task (`prefill_done`): it may drain after the stream.
+        decode, self._decode = self._decode, None
+        if decode is not None:
+            if error is not None:
+                decode.set_status(Status(StatusCode.ERROR, message))
+            decode.end()
+        if error is not None:
+            self.span.set_attribute("error.type", error)
+            self.span.set_status(Status(StatusCode.ERROR, message))
+            if exc is not None and not isinstance(exc, APIError | asyncio.CancelledError):
+                self.span.record_exception(exc)  # a bug: keep its traceback
+        self.span.end()
+
+    # --- reading the answer -------------------------------------------------------------------
+
+    async def _watch(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Pass a relayed stream on, noting finish reasons (and text, when content is on)."""
+        kept = 0
+        try:
+            async for chunk in chunks:
+                if b'"finish_reason":' in chunk:
+                    note_finish_reasons(chunk, self._finish)
+                if self._completion is not None and kept < 4 * MAX_CONTENT_CHARS:
+                    self._completion.append(chunk)
+                    kept += len(chunk)
+                yield chunk
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    def _read_body(self, body: bytes) -> None:
+        note_finish_reasons(body, self._finish)
+        if self._completion is not None:
+            self._completion.append(body)
+
+
+def _traceparent(span: Span) -> str:
+    """W3C `traceparent` of `span` (what the propagator writes, without its context lookups;
+    a client's `tracestate` is forwarded as it came)."""
+    c = span.get_span_context()
+    return f"00-{c.trace_id:032x}-{c.span_id:016x}-{int(c.trace_flags):02x}"
+
+
+def _error_type(exc: BaseException) -> str:
+    if isinstance(exc, APIError):
+        return exc.code or exc.type
+    if isinstance(exc, asyncio.CancelledError):
+        return "cancelled"
+    return type(exc).__qualname__
+
+
+def _fail_span(span: Span, exc: BaseException) -> None:
+    span.set_attribute("error.type", _error_type(exc))
+    span.set_status(Status(StatusCode.ERROR, str(exc)[:512]))
