@@ -6,10 +6,9 @@
    the run's speed (≤ 60 s for the dualpath-slo run).
 2. The ablation (paper Fig. 12): basic → + layer-wise prefill → + dual-path loading (`basic-dual`)
    → + scheduling (`dualpath`); each step should lower JCT.
-3. Online capacity (most agents/s with TTFT ≤ 4 s and TPOT ≤ 50 ms at p90), `--online-agents`
-   agents per trial: 660B 2P4D and 27B 1P1D; targets dualpath-slo/basic ≥ 2.25 and ≥ 1.67, and
-   dualpath-slo ≥ dualpath. Not yet a steady-state measurement: with too few agents every rate
-   "meets" the SLO (reported as no capacity found); the paper's steady-state rule is to come.
+3. Online capacity in steady state (most agents/s with TTFT ≤ 4 s and TPOT ≤ 50 ms at p90 over a
+   measured window after one agent run of warm-up, none shed): 660B 2P4D and 27B 1P1D; targets
+   dualpath-slo/basic ≥ 2.25 and ≥ 1.67, and dualpath-slo ≥ dualpath.
 
 Every figure is reported, met or not, with the command.
 
@@ -79,6 +78,9 @@ ABLATION = [  # (step, policy, layer-wise engines): each step should lower JCT (
 ]
 
 
+MIN_STEP = 0.01
+
+
 def ablation(count: int, seed: int) -> dict[str, Any]:
     work = agents("64k", count, seed)
     base = SimConfig(model="ds-v3.2-660b", prefill=2, decode=4)
@@ -88,11 +90,15 @@ def ablation(count: int, seed: int) -> dict[str, Any]:
         jct[step] = flat(Simulator(config, work).run(), SLO())["jct_s"]
     steps = list(jct.values())[:4]
     first = steps[0]
+    # A step "lowers" JCT only by more than run-to-run noise (about 0.1% here), so by ≥ 1%.
     return {
         "jct_s": jct,
         "reduction_vs_basic": {k: 1 - v / first for k, v in jct.items()},
         "targets": {
-            "each_step_lowers_jct": {"value": all(a > b for a, b in itertools.pairwise(steps))}
+            "each_step_lowers_jct": {
+                "value": all(b <= a * (1 - MIN_STEP) for a, b in itertools.pairwise(steps)),
+                "target": f"each step ≥ {MIN_STEP:.0%} lower",
+            }
         },
     }
 

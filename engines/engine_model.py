@@ -66,6 +66,10 @@ class NodeSpec:
     """Achieved fraction of peak HBM bandwidth."""
     step_overhead_s: float = 0.002
     """Fixed per-forward cost (kernel launches, scheduling, sampling)."""
+    kv_pool_bytes: float = 192 * GB
+    """HBM a decode node keeps for KV, after weights and activations (an assumption: the paper
+    gives no HBM figures; 192 GB is 4M tokens of DeepSeek-V3.2). In tokens it depends on the
+    model: a small model's KV is smaller, so the same pool holds more of it."""
 
     @property
     def flops(self) -> float:
@@ -159,6 +163,7 @@ TOY_NODE = NodeSpec(
     mfu=1.0,
     mbu=1.0,
     step_overhead_s=0.004,
+    kv_pool_bytes=4 * GB,
 )
 
 
@@ -208,6 +213,11 @@ class EngineModel:
 
     def kv_bytes(self, tokens: float) -> float:
         return tokens * self.model.kv_bytes_per_token
+
+    @property
+    def kv_pool_tokens(self) -> int:
+        """Tokens of KV one decode engine holds."""
+        return int(self.node.kv_pool_bytes / self.model.kv_bytes_per_token)
 
     @property
     def layers(self) -> int:

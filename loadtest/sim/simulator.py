@@ -72,8 +72,8 @@ class SimConfig:
     policy: str = "dualpath-slo"
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     report_interval_s: float = 0.25
-    decode_kv_tokens: int = 4_000_000
-    """Each decode engine's KV pool."""
+    decode_kv_tokens: int | None = None
+    """Each decode engine's KV pool; None: the node's pool in the model's tokens."""
     layerwise: bool = False
     """Engines compute layer l while layer l+1's KV is still arriving (the paper's layer-wise
     prefill); the scheduler predicts with it too (`SchedulerConfig.layerwise`)."""
@@ -194,6 +194,7 @@ class Simulator:
         self.loop = EventLoop()
         model = EngineModel.named(config.model).with_nics(config.snic_gbps, config.cnic_gbps)
         self.model = model.slowed(config.time_scale) if config.time_scale != 1.0 else model
+        self.kv_tokens = config.decode_kv_tokens or self.model.kv_pool_tokens
         oracle = config.policy == ORACLE
         policy = "dualpath-slo" if oracle else config.policy
         cluster = ClusterState(replace(config.scheduler, policy=policy, layerwise=config.layerwise))
@@ -207,8 +208,8 @@ class Simulator:
             cluster.add_engine(f"p{i}", "prefill", cost)
         for i in range(config.decode):
             node = self.nodes[f"d{i}"] = SimNode(self.loop, self.model, instant=oracle)
-            self.decodes[f"d{i}"] = SimDecode(self.loop, self.model, node, config.decode_kv_tokens)
-            cluster.add_engine(f"d{i}", "decode", cost, kv_capacity_tokens=config.decode_kv_tokens)
+            self.decodes[f"d{i}"] = SimDecode(self.loop, self.model, node, self.kv_tokens)
+            cluster.add_engine(f"d{i}", "decode", cost, kv_capacity_tokens=self.kv_tokens)
         self.scheduler = Scheduler(cluster)
         self._context = [0] * len(agents)
         self._records: dict[str, TurnRecord] = {}
@@ -283,7 +284,7 @@ class Simulator:
                 0,
                 0,
                 used,
-                self.config.decode_kv_tokens if engine is not None else 0,
+                self.kv_tokens if engine is not None else 0,
                 node.links.snic.queued_bytes,
                 node.links.cnic.queued_bytes,
             )

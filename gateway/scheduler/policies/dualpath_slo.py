@@ -141,7 +141,7 @@ class DualPathSLO:
                     key = (
                         missed,
                         round(ttft * per_grain),
-                        round(loaded * per_grain),
+                        loaded,  # exact: the storage NICs are the scarce resource
                         tpot,
                         pe.index,
                         de.index,
