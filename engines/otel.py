@@ -28,6 +28,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
@@ -95,6 +96,23 @@ def _exporter(name: str) -> SpanExporter:
     return exporter
 
 
+def exporters_from_env(env: Mapping[str, str] | None = None) -> list[SpanExporter]:
+    """One exporter per name the environment gives (empty when tracing is off)."""
+    return [_exporter(n) for n in exporter_names(os.environ if env is None else env)]
+
+
+def resource_for(service_name: str, attributes: Mapping[str, Any] | None = None) -> Resource:
+    """The SDK's resource from `OTEL_SERVICE_NAME`/`OTEL_RESOURCE_ATTRIBUTES` and `attributes`,
+    named `service_name` when neither names the service."""
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+    resource = Resource.create(dict(attributes or {}))
+    named = str(resource.attributes.get(SERVICE_NAME, ""))
+    if named.startswith("unknown_service"):  # neither OTEL_SERVICE_NAME nor the attributes
+        resource = resource.merge(Resource({SERVICE_NAME: service_name}))
+    return resource
+
+
 def provider_from_env(
     service_name: str,
     resource_attributes: Mapping[str, Any] | None = None,
@@ -103,18 +121,13 @@ def provider_from_env(
     """A tracer provider with one batch processor per exporter the environment names, or None
     when tracing is off. It is not installed globally: the caller owns it and shuts it down
     (which flushes what is queued, within `OTEL_BSP_EXPORT_TIMEOUT`)."""
-    names = exporter_names(os.environ if env is None else env)
-    if not names:
+    exporters = exporters_from_env(env)
+    if not exporters:
         return None
-    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    exporters = [_exporter(n) for n in names]
-    resource = Resource.create(dict(resource_attributes or {}))
-    named = str(resource.attributes.get(SERVICE_NAME, ""))
-    if named.startswith("unknown_service"):  # neither OTEL_SERVICE_NAME nor the attributes
-        resource = resource.merge(Resource({SERVICE_NAME: service_name}))
+    resource = resource_for(service_name, resource_attributes)
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     for exporter in exporters:
         provider.add_span_processor(BatchSpanProcessor(exporter))

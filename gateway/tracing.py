@@ -15,60 +15,70 @@ The client's own `traceparent` is honoured (the request span is its child), and 
 its span's `traceparent` to its worker, whose spans continue the trace
 (`engines/sim_worker/tracing.py`). Prompt and completion text are never recorded unless
 `DUALPATH_TRACE_CONTENT` is on; then they go in span events, cut at `MAX_CONTENT_CHARS`.
+
+The spans are plain records (`gateway/span_records.py`), exported by the SDK in a process of
+their own (`gateway/span_export.py`): the gateway itself never imports the SDK.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import orjson
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.responses import Response
 
-from engines.otel import provider_from_env
+from engines.otel import TracingConfigError, exporter_names
 from gateway.errors import APIError
 from gateway.relay_response import RelayResponse
+from gateway.span_records import CLIENT, Sampler, SpanRecord, Tracer
 from gateway.trace_answer import MAX_CONTENT_CHARS, completion_text, cut, note_finish_reasons
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
-
     from gateway.pd_dispatch import Completed
     from gateway.placement import PDPair
     from gateway.request_parsing import ParsedRequest
     from gateway.scheduler.decision import Decision
     from gateway.scheduler.request import SchedRequest
+    from gateway.span_shipper import SpanShipper
     from session.tracker import TurnPlan
 
-SERVICE = "dualpath-gateway"
-TRACER = "dualpath.gateway"
 CHAT_PATH = "/v1/chat/completions"
 SPAN_NAMES = {CHAT_PATH: "chat.completions", "/v1/completions": "completions"}
 _MAX_ID = 128
 _MAX_SERVERS = 4096
-_PROPAGATOR = TraceContextTextMapPropagator()
 
 
 class Tracing:
-    """The gateway's tracer provider, owned by the app's lifespan."""
+    """The gateway's tracer and its span-export process, owned by the app's lifespan."""
 
-    def __init__(self, provider: TracerProvider, content: bool = False) -> None:
-        self.provider = provider
-        self.tracer = provider.get_tracer(TRACER)
+    def __init__(
+        self, tracer: Tracer, content: bool = False, shipper: SpanShipper | None = None
+    ) -> None:
+        self.tracer = tracer
         self.content = content
         """Record prompt and completion text in span events."""
+        self.shipper = shipper
         self._servers: dict[str, Mapping[str, Any]] = {}
 
     @classmethod
     def from_env(cls, content: bool = False) -> Tracing | None:
-        """Tracing as the `OTEL_*` environment asks; None when it is off."""
-        provider = provider_from_env(SERVICE)
-        return None if provider is None else cls(provider, content)
+        """Tracing as the `OTEL_*` environment asks (exporters, sampler); None when it is off.
+        A setting that cannot work stops the start (`TracingConfigError`)."""
+        if not exporter_names(os.environ):
+            return None
+        try:
+            sampler = Sampler.from_env()
+        except ValueError as exc:
+            raise TracingConfigError(str(exc)) from None
+        from gateway.span_shipper import SpanShipper
+
+        shipper = SpanShipper()
+        return cls(Tracer(sampler, shipper.ship), content, shipper)
 
     def request(self, path: str, headers: Mapping[str, str]) -> RequestTrace:
         return RequestTrace(self, path, headers)
@@ -87,7 +97,12 @@ class Tracing:
 
     def shutdown(self) -> None:
         """Flush what is queued (bounded by `OTEL_BSP_EXPORT_TIMEOUT`) and stop exporting."""
-        self.provider.shutdown()
+        if self.shipper is not None:
+            try:
+                timeout_ms = float(os.environ.get("OTEL_BSP_EXPORT_TIMEOUT") or 30_000)
+            except ValueError:
+                timeout_ms = 30_000  # the SDK's default, which the export process falls back to
+            self.shipper.close(timeout_ms / 1000 + 5)
 
 
 def _number(body: Mapping[str, Any], *names: str) -> int | float | None:
@@ -130,18 +145,16 @@ class RequestTrace:
         request_id = headers.get("x-request-id")
         if request_id:
             attrs["dualpath.request_id"] = request_id[:_MAX_ID]
-        # The client's trace, if it sent one (extracting costs, so only then).
-        parent = _PROPAGATOR.extract(headers) if "traceparent" in headers else None
-        self.span: Span = tracing.tracer.start_span(
-            SPAN_NAMES.get(path, path), context=parent, kind=SpanKind.SERVER, attributes=attrs
+        # The client's trace, if it sent one.
+        self.span = tracing.tracer.root(
+            SPAN_NAMES.get(path, path), headers.get("traceparent"), attrs
         )
-        self._on = self.span.is_recording()
+        self._on = self.span.sampled
         """False when the sampler dropped this trace: then every step below is a no-op, and the
         workers only get the `traceparent` that tells them it was not sampled."""
-        self._ctx = set_span_in_context(self.span)
-        self._stage: Span | None = None
-        self._prefill: Span | None = None
-        self._decode: Span | None = None
+        self._stage: SpanRecord | None = None
+        self._prefill: SpanRecord | None = None
+        self._decode: SpanRecord | None = None
         self._done: Completed | None = None
         self._returned = self._ended = False
         self._finish: list[str] = []
@@ -154,12 +167,12 @@ class RequestTrace:
         if not self._on:
             return
         self._close_stage({})
-        self._stage = self._tracing.tracer.start_span(name, context=self._ctx)
+        self._stage = self._tracing.tracer.child(name, self.span)
 
     def _close_stage(self, attrs: Mapping[str, Any]) -> None:
         if self._stage is not None:
             self._stage.set_attributes(attrs)
-            self._stage.end()
+            self._tracing.tracer.end(self._stage)
             self._stage = None
 
     def session(self, req: ParsedRequest, plan: TurnPlan | None) -> None:
@@ -231,18 +244,14 @@ class RequestTrace:
         """Open the prefill and decode CLIENT spans; each leg's headers carry its `traceparent`
         (unsampled: the request span's, which tells the workers not to sample either)."""
         if not self._on:
-            unsampled = {**headers, "traceparent": _traceparent(self.span)}
+            unsampled = {**headers, "traceparent": self.span.traceparent}
             return unsampled, unsampled
-        tracer = self._tracing.tracer
-        prefill = self._prefill = tracer.start_span(
-            "prefill", self._ctx, SpanKind.CLIENT, self._tracing.server(pair.prefill.url)
-        )
-        decode = self._decode = tracer.start_span(
-            "decode", self._ctx, SpanKind.CLIENT, self._tracing.server(pair.decode.url)
-        )
+        tracer, server, span = self._tracing.tracer, self._tracing.server, self.span
+        prefill = self._prefill = tracer.child("prefill", span, CLIENT, server(pair.prefill.url))
+        decode = self._decode = tracer.child("decode", span, CLIENT, server(pair.decode.url))
         return (
-            {**headers, "traceparent": _traceparent(prefill)},
-            {**headers, "traceparent": _traceparent(decode)},
+            {**headers, "traceparent": prefill.traceparent},
+            {**headers, "traceparent": decode.traceparent},
         )
 
     def prefill_done(self, task: asyncio.Task[None]) -> None:
@@ -254,7 +263,7 @@ class RequestTrace:
             span.set_attribute("dualpath.cancelled", True)
         elif (exc := task.exception()) is not None:
             _fail_span(span, exc)
-        span.end()
+        self._tracing.tracer.end(span)
 
     # --- the end ------------------------------------------------------------------------------
 
@@ -262,7 +271,6 @@ class RequestTrace:
         """The route's answer: a relayed stream is watched as it goes; a whole body is read."""
         if not self._on:
             self._ended = True
-            self.span.end()
             return response
         if isinstance(response, RelayResponse):
             response.chunks = self._watch(response.chunks)
@@ -329,17 +337,18 @@ class RequestTrace:
             return
         self._ended = True
         # The prefill leg ends with its task (`prefill_done`): it may drain after the stream.
+        tracer = self._tracing.tracer
         decode, self._decode = self._decode, None
         if decode is not None:
             if error is not None:
-                decode.set_status(Status(StatusCode.ERROR, message))
-            decode.end()
+                decode.set_error(message)
+            tracer.end(decode)
         if error is not None:
             self.span.set_attribute("error.type", error)
-            self.span.set_status(Status(StatusCode.ERROR, message))
+            self.span.set_error(message)
             if exc is not None and not isinstance(exc, APIError | asyncio.CancelledError):
                 self.span.record_exception(exc)  # a bug: keep its traceback
-        self.span.end()
+        tracer.end(self.span)
 
     # --- reading the answer -------------------------------------------------------------------
 
@@ -363,13 +372,6 @@ class RequestTrace:
             self._completion.append(body)
 
 
-def _traceparent(span: Span) -> str:
-    """W3C `traceparent` of `span` (what the propagator writes, without its context lookups;
-    a client's `tracestate` is forwarded as it came)."""
-    c = span.get_span_context()
-    return f"00-{c.trace_id:032x}-{c.span_id:016x}-{int(c.trace_flags):02x}"
-
-
 def _error_type(exc: BaseException) -> str:
     if isinstance(exc, APIError):
         return exc.code or exc.type
@@ -378,6 +380,6 @@ def _error_type(exc: BaseException) -> str:
     return type(exc).__qualname__
 
 
-def _fail_span(span: Span, exc: BaseException) -> None:
+def _fail_span(span: SpanRecord, exc: BaseException) -> None:
     span.set_attribute("error.type", _error_type(exc))
-    span.set_status(Status(StatusCode.ERROR, str(exc)[:512]))
+    span.set_error(str(exc)[:512])

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import orjson
 import pytest
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from starlette.responses import Response
@@ -23,6 +23,8 @@ from gateway.errors import Overloaded
 from gateway.pd_dispatch import Completed
 from gateway.relay_response import RelayResponse
 from gateway.request_parsing import ParsedRequest
+from gateway.span_export import readable
+from gateway.span_records import Row, Sampler, Tracer
 from gateway.trace_answer import MAX_CONTENT_CHARS
 from gateway.tracing import Tracing
 from tests.support.procs import REPO
@@ -73,6 +75,7 @@ with TestClient(create_app(load_settings(env={}))) as client:
         "tracing": tracing is not None,
         "provider": type(trace.get_tracer_provider()).__name__,
         "sdk_loaded": "opentelemetry.sdk.trace" in sys.modules,
+        "exporting": tracing is not None and tracing.shipper.running,
     }))
 """
 
@@ -88,11 +91,17 @@ def _probe(extra: dict[str, str]) -> dict[str, object]:
 
 
 def test_off_by_default_installs_nothing() -> None:
-    assert _probe({}) == {"tracing": False, "provider": "ProxyTracerProvider", "sdk_loaded": False}
+    off = _probe({})
+    assert off == {
+        "tracing": False,
+        "provider": "ProxyTracerProvider",
+        "sdk_loaded": False,
+        "exporting": False,
+    }
     on = _probe({"OTEL_TRACES_EXPORTER": "console"})
-    assert on["tracing"] is True and on["sdk_loaded"] is True
-    # Ours is the app's own provider: the process-wide one is left alone.
-    assert on["provider"] == "ProxyTracerProvider"
+    # On, the SDK works in the span-export process: the gateway's own stays free of it, and
+    # the process-wide provider is left alone.
+    assert on == {**off, "tracing": True, "exporting": True}
 
 
 @pytest.fixture
@@ -101,9 +110,13 @@ def exporter() -> InMemorySpanExporter:
 
 
 def _tracing(exporter: InMemorySpanExporter, content: bool) -> Tracing:
-    provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return Tracing(provider, content)
+    """The gateway's records, rebuilt into SDK spans as the export process rebuilds them."""
+    resource = Resource.create({})
+
+    def ship(row: Row) -> None:
+        exporter.export([readable(orjson.loads(orjson.dumps(row)), resource)])
+
+    return Tracing(Tracer(Sampler(), ship), content)
 
 
 def _parsed(stream: bool) -> ParsedRequest:
