@@ -22,13 +22,16 @@ import orjson
 
 from engines.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 
+KEEPALIVE_S = 4.0
+"""How long an idle upstream connection is kept: under uvicorn's 5 s `timeout_keep_alive`."""
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamTimeouts:
     """Per-phase upstream timeouts, in seconds."""
 
     connect_s: float = 5.0
-    """TCP connect to a worker."""
+    """TCP connect to a worker (`DUALPATH_TIMEOUTS_CONNECT_S`; the others likewise)."""
     first_byte_s: float = 300.0
     """From sending a request to the worker's response head (covers queueing and prefill)."""
     between_chunks_s: float = 60.0
@@ -56,13 +59,22 @@ class UpstreamResponse:
         return self._response.headers
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives; a silence longer than `between_chunks_s` raises."""
+        """The body as it arrives; a silence longer than `between_chunks_s` raises.
+
+        The watchdog is armed only while reading, not while the consumer holds a chunk: a slow
+        client is not a silent worker. One watchdog for the whole body, re-armed per read, is
+        cheaper than a timeout per chunk; like any `asyncio.timeout`, it cancels the task that
+        first iterated the body, so the body must be read in one task (the relay's)."""
         loop = asyncio.get_running_loop()
         content = self._response.content
         try:
-            async with asyncio.timeout(loop.time() + self._between_s) as watchdog:
-                while chunk := await content.readany():
+            async with asyncio.timeout(None) as watchdog:
+                while True:
                     watchdog.reschedule(loop.time() + self._between_s)
+                    chunk = await content.readany()
+                    watchdog.reschedule(None)
+                    if not chunk:
+                        return
                     yield chunk
         except TimeoutError as exc:
             raise UpstreamTimeout(
@@ -92,8 +104,11 @@ class UpstreamClient:
 
     def __init__(self, timeouts: UpstreamTimeouts, max_connections: int = 1024) -> None:
         self.timeouts = timeouts
+        # Idle connections are dropped before the workers drop them: SGLang (uvicorn) closes
+        # an idle keep-alive connection after 5 s, and reusing one it already closed fails the
+        # request with a reset (seen under load in bench/soak.py).
         connector = aiohttp.TCPConnector(
-            limit=max_connections, limit_per_host=0, keepalive_timeout=30.0
+            limit=max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE_S
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -119,16 +134,26 @@ class UpstreamClient:
                 response = await self._session.post(
                     url, data=body, headers=send_headers, timeout=self._stream_timeout
                 )
+        except aiohttp.ConnectionTimeoutError as exc:
+            # Also a TimeoutError: caught first, so a connect timeout says so (nothing was sent).
+            raise UpstreamTimeout(
+                f"cannot connect to {url} in {self.timeouts.connect_s}s",
+                worker=url,
+                phase="connect",
+            ) from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(
                 f"no response head from {url} in {self.timeouts.first_byte_s}s",
                 worker=url,
                 phase="first_byte",
             ) from exc
-        except aiohttp.ClientError as exc:
+        except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(
                 f"cannot reach {url}: {exc!r}", worker=url, phase="connect"
             ) from exc
+        except aiohttp.ClientError as exc:
+            # Connected, then the worker went away (reset, closed) before its response head.
+            raise UpstreamError(f"{url} broke off: {exc!r}", worker=url, phase="head") from exc
         return UpstreamResponse(response, url, self.timeouts.between_chunks_s)
 
     async def request_json(

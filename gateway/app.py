@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
@@ -15,6 +15,7 @@ from starlette.responses import Response
 from engines.pd_client import UpstreamClient
 from engines.worker_loads import LoadPoller
 from engines.worker_registry import Worker, WorkerRegistry
+from gateway.auth import Auth, AuthMiddleware, require_admin
 from gateway.debug_routes import router as debug_router
 from gateway.errors import APIError, InvalidRequest, MethodNotAllowed, NotFound
 from gateway.hit_probe import HitProbe
@@ -28,6 +29,7 @@ from gateway.session_turns import SessionTurns
 from gateway.settings import GatewaySettings
 from gateway.telemetry_routes import install_telemetry
 from gateway.tracing import Tracing
+from gateway.worker_routes import router as worker_router
 from kvstore.open_store import open_store
 from kvstore.store import KVStore
 
@@ -69,6 +71,7 @@ async def _on_unexpected(_: Request, exc: Exception) -> Response:
 
 def create_app(settings: GatewaySettings) -> FastAPI:
     metrics = GatewayMetrics()  # before the lifespan: its middleware counts every response
+    auth = Auth.from_settings(settings)  # likewise: its middleware checks every request
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -79,7 +82,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             kv_store = await open_store(settings.kv.store_url, segment_bytes=0)
         client = UpstreamClient(settings.timeouts, settings.upstream_connections)
         workers = [Worker(s.url, s.role, s.bootstrap_port) for s in settings.workers]
-        registry = WorkerRegistry(workers, client, settings.health)
+        registry = WorkerRegistry(workers, client, settings.health, settings.breaker)
         await registry.start()
         scheduler = LiveScheduler(
             registry, settings.scheduler, settings.scheduling, settings.retry_after_s
@@ -96,7 +99,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             settings=settings,
             registry=registry,
             scheduler=scheduler,
-            dispatcher=PDDispatcher(client, on_stage=metrics.stage_seconds),
+            dispatcher=PDDispatcher(client, on_stage=metrics.stage_seconds, registry=registry),
             sessions=sessions,
             started=int(time.time()),
             hit_probe=HitProbe(kv_store, settings.kv.probe_timeout_s) if kv_store else None,
@@ -107,6 +110,7 @@ def create_app(settings: GatewaySettings) -> FastAPI:
             yield
         finally:
             await sessions.close()
+            await auth.close()
             await loads.stop()
             scheduler.close()
             await registry.stop()
@@ -118,8 +122,12 @@ def create_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="dualpath-gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.include_router(router)
-    app.include_router(session_router)
-    app.include_router(debug_router)
+    admin_only = [Depends(require_admin)]  # 403 for a non-admin key once keys are configured
+    app.include_router(session_router, dependencies=admin_only)
+    app.include_router(debug_router, dependencies=admin_only)
+    app.include_router(worker_router, dependencies=admin_only)
+    app.state.auth = auth
+    app.add_middleware(AuthMiddleware, auth=auth)  # inside the counter: 401s and 429s count
     install_telemetry(app, metrics)
     app.add_exception_handler(APIError, _on_api_error)
     app.add_exception_handler(HTTPException, _on_http_error)

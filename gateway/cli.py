@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.syntax import Syntax
 
+from gateway.keys_cli import keys_app
 from gateway.scheduler.policies import POLICIES
 from gateway.sglang_args import sglang_args
 from loadtest.cli import register as register_loadtest
@@ -35,6 +36,7 @@ register_loadtest(app)
 app.command("simulate")(simulate)
 app.command("report")(report)
 app.command("sglang-args")(sglang_args)
+app.add_typer(keys_app, name="keys")
 console = Console()
 
 
@@ -85,6 +87,10 @@ def up(
         float | None,
         typer.Option(min=0.001, help="Every node's compute NIC, GB/s (default: the cost model's)."),
     ] = None,
+    api_keys_file: Annotated[
+        Path | None,
+        typer.Option(help="The gateway's API keys file (see `dualpath keys`); default: open."),
+    ] = None,
 ) -> None:
     """Start the gateway and simulated SGLang prefill/decode workers on embedded defaults."""
     from engines.engine_model import MODELS
@@ -114,6 +120,7 @@ def up(
         policy=policy,
         snic_gbps=snic_gbps,
         cnic_gbps=cnic_gbps,
+        api_keys_file=str(api_keys_file.resolve()) if api_keys_file else None,
     )
     cluster = Cluster(plan)
     try:
@@ -172,6 +179,10 @@ def serve(
             "estimated hit is checked against it before scheduling."
         ),
     ] = None,
+    api_keys_file: Annotated[
+        Path | None,
+        typer.Option(help="YAML API keys file (hashed keys, tenants, limits): `dualpath keys`."),
+    ] = None,
 ) -> None:
     """Run the gateway alone against the workers named in a cluster file."""
     from gateway.errors import ConfigError
@@ -187,6 +198,7 @@ def serve(
             tokenizer=tokenizer,
             policy=policy,
             kv_store=kv_store,
+            api_keys_file=api_keys_file,
         )
     except ConfigError as exc:
         console.print(f"[red]{exc}[/]")

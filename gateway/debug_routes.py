@@ -3,7 +3,7 @@
 The last N scheduling decisions per model with the candidates weighed and their predicted TTFT
 and TPOT, what is held and why, the scheduler's view of every engine, and how often the KV store
 confirmed or lowered the session step's estimated hits (`hit_probe`, null when not checked).
-(Admin-only once keys exist, issue 8.)
+With API keys configured it needs an admin key (`gateway.auth.require_admin`, set in `app.py`).
 """
 
 from __future__ import annotations

@@ -2,16 +2,23 @@
 
     GatewayError
     ├── ConfigError                 bad settings or cluster file (startup, not HTTP)
+    ├── LimiterUnavailable          the shared rate-limit store failed (the local one takes over)
     └── APIError                    anything answered to a client: status + OpenAI error body
         ├── InvalidRequest          400 invalid_request_error (bad JSON, wrong types, bad values)
+        ├── InvalidApiKey           401 invalid_api_key + WWW-Authenticate (missing or wrong key)
+        ├── PermissionDenied        403 permission_denied (an admin route, a non-admin key)
         ├── ModelNotFound           404 model_not_found
         ├── PayloadTooLarge         413
         ├── UnsupportedMediaType    415
+        ├── HeadersTooLarge         431 (sent by `gateway.http_limits`, below the app)
         ├── Overloaded              429 + Retry-After: the scheduler shed it (predicted wait)
+        ├── RateLimited             429 + Retry-After: the key is past its per-minute limit
         ├── NoHealthyWorker         503 + Retry-After (also: held past the hold timeout)
-        └── UpstreamFailed          502/504: a worker failed or timed out
+        ├── UpstreamFailed          502/504: a worker failed or timed out
+        ├── ClientClosedRequest     499: the client hung up before its answer began
+        └── WorkerConflict          409 worker_exists (`POST /workers` of a known URL)
 
-`engines` errors are translated into these in exactly one place, `gateway.pd_dispatch`.
+`engines` errors are translated into these in exactly one place, `gateway.upstream_errors`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ class GatewayError(Exception):
 
 class ConfigError(GatewayError):
     pass
+
+
+class LimiterUnavailable(GatewayError):
+    """Redis did not answer a rate-limit call in time; never answered to a client."""
 
 
 class APIError(GatewayError):
@@ -74,6 +85,21 @@ class ModelNotFound(APIError):
     code = "model_not_found"
 
 
+class InvalidApiKey(APIError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, *, challenge: str = "Bearer") -> None:
+        super().__init__(message, headers={"WWW-Authenticate": challenge})
+
+
+class PermissionDenied(APIError):
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+
+
 class NotFound(APIError):
     status = 404
     type = "invalid_request_error"
@@ -98,6 +124,12 @@ class UnsupportedMediaType(APIError):
     code = "unsupported_media_type"
 
 
+class HeadersTooLarge(APIError):
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+
+
 class RetryLater(APIError):
     """An error the client should retry after `retry_after_s` (sent as `Retry-After`)."""
 
@@ -117,6 +149,12 @@ class Overloaded(RetryLater):
     code = "overloaded"
 
 
+class RateLimited(RetryLater):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
 class UpstreamFailed(APIError):
     status = 502
     type = "upstream_error"
@@ -126,3 +164,17 @@ class UpstreamFailed(APIError):
 class UpstreamTimedOut(UpstreamFailed):
     status = 504
     code = "upstream_timeout"
+
+
+class ClientClosedRequest(APIError):
+    """The client hung up before its answer began (nginx's 499; nobody reads the body)."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
+class WorkerConflict(APIError):
+    status = 409
+    type = "invalid_request_error"
+    code = "worker_exists"

@@ -61,6 +61,9 @@ class ClusterPlan:
     snic_gbps: float | None = None
     cnic_gbps: float | None = None
     """Every node's storage / compute NIC in GB/s; None: the cost model's node (DESIGN.md)."""
+    api_keys_file: str | None = None
+    """The gateway's API keys file (`gateway/api_keys.py`); None: `DUALPATH_API_KEYS*`, if
+    set, else an open gateway."""
 
 
 @dataclass(slots=True)
@@ -168,6 +171,8 @@ class Cluster:
             serve += ["--policy", p.policy]
         if kv_url:  # the workers' store: the gateway checks hits against what they hold
             serve += ["--kv-store", kv_url]
+        if p.api_keys_file:
+            serve += ["--api-keys-file", p.api_keys_file]
         self.children.append(Child("gateway", self._cli(*serve), f"http://{p.host}:{p.port}/ready"))
 
     def launch(self, timeout_s: float, on_ready: object = None) -> None:

@@ -7,18 +7,28 @@ import time
 from dataclasses import dataclass, field
 
 from fastapi import APIRouter, Request
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 
 from engines.worker_registry import Worker, WorkerRegistry
-from gateway.errors import ModelNotFound
+from gateway.auth import admit
+from gateway.errors import ModelNotFound, NoHealthyWorker
+from gateway.failover import AttemptFailed, Attempts, CancelOnDisconnect
 from gateway.hit_probe import HitProbe
 from gateway.kv_route import KVRoute
 from gateway.metrics import GatewayMetrics
+from gateway.openai_schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    generation_responses,
+    openapi_body,
+)
 from gateway.pd_dispatch import FORWARDED_HEADERS, Completed, PDDispatcher
-from gateway.request_parsing import check_content_type, parse_request, read_body
+from gateway.request_parsing import ParsedRequest, check_content_type, parse_request, read_body
 from gateway.sched_request import sched_request
+from gateway.scheduler.request import SchedRequest
 from gateway.scheduling import LiveScheduler
-from gateway.session_turns import SessionTurns
+from gateway.session_turns import SessionTurns, Turn
 from gateway.settings import GatewaySettings
 from gateway.tracing import RequestTrace, Tracing
 from session.identity import SESSION_HEADER
@@ -43,6 +53,8 @@ class GatewayState:
 
 
 READ_PATH_HEADER = "x-dualpath-read-path"
+PREFILL_HEADER = "x-dualpath-prefill"
+DECODE_HEADER = "x-dualpath-decode"
 
 router = APIRouter()
 
@@ -98,9 +110,49 @@ async def _handle(request: Request, state: GatewayState, trace: RequestTrace | N
     wanted = sched_request(
         parsed, plan, headers, len(raw), state.settings.scheduler, started_at, hit_tokens=hit
     )
+    await admit(request, parsed, wanted)  # the key's tokens per minute; its cache namespace
+    ready = _Ready(parsed, turn, hit, started_at)
+    attempts = Attempts(wanted.rid, state.settings.retry.max_attempts)
+    async with CancelOnDisconnect(request.receive):  # a client that hangs up cancels its turn
+        while True:
+            try:
+                return await _try(state, trace, headers, ready, wanted, attempts, lap)
+            except AttemptFailed as failed:  # nothing was sent yet: maybe another pair
+                wanted = attempts.retry(failed, wanted)  # raises the error when it may not
+                lap = time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """A parsed request matched to its session, ready to be placed (once per try)."""
+
+    parsed: ParsedRequest
+    turn: Turn | None
+    hit: int | None
+    started_at: float
+
+
+async def _try(
+    state: GatewayState,
+    trace: RequestTrace | None,
+    headers: Headers,
+    ready: _Ready,
+    wanted: SchedRequest,
+    attempts: Attempts,
+    lap: float,
+) -> Response:
+    """Place one try (avoiding the workers that failed the earlier ones) and dispatch it."""
+    parsed, turn, hit, started_at = ready.parsed, ready.turn, ready.hit, ready.started_at
+    model, metrics = parsed.model, state.metrics
+    plan = turn.plan if turn is not None else None
     if trace is not None:
         trace.stage("schedule")
-    decision, pair = await state.scheduler.place(model, wanted)
+    try:
+        decision, pair = await state.scheduler.place(model, wanted, attempts.excluded)
+    except NoHealthyWorker:
+        if attempts.last is None:
+            raise
+        raise attempts.last.error from attempts.last  # a retry with no other pair to go to
     metrics.placed(model, decision, lap)
     if trace is not None:
         trace.scheduled(decision, pair, wanted)
@@ -116,8 +168,19 @@ async def _handle(request: Request, state: GatewayState, trace: RequestTrace | N
             trace.end(done)
 
     forwarded = {h: headers[h] for h in FORWARDED_HEADERS if h in headers}
-    # Which route loaded this request's cached KV, for load testers' read-path shares.
-    headers_out = {READ_PATH_HEADER: decision.read_path}
+    # Which route loaded this request's cached KV, for load testers' read-path shares; which
+    # workers serve it (opaque ids, as `/workers` names them), so a client can tell a worker's
+    # failure from the gateway's; and the gateway's own time so far apart from the scheduler's
+    # deliberate hold (`server-timing`), so added latency is measurable per request.
+    now = time.monotonic()
+    waited = min(max(decision.at - lap, 0.0), now - lap)
+    own_ms = (now - started_at - waited) * 1e3
+    headers_out = {
+        READ_PATH_HEADER: decision.read_path,
+        PREFILL_HEADER: pair.prefill.id,
+        DECODE_HEADER: pair.decode.id,
+        "server-timing": f"gateway;dur={own_ms:.3f}, queue;dur={waited * 1e3:.3f}",
+    }
     if plan is not None:
         headers_out[SESSION_HEADER] = plan.session_id
     kv = KVRoute(
@@ -140,12 +203,23 @@ async def _handle(request: Request, state: GatewayState, trace: RequestTrace | N
     )
 
 
-@router.post("/v1/chat/completions", response_model=None)
+# The routes read the raw body (`gateway.request_parsing`); `openapi_extra` describes it.
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    openapi_extra=openapi_body(ChatCompletionRequest),
+    responses=generation_responses(),
+)
 async def chat_completions(request: Request) -> Response:
     return await _generate(request)
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post(
+    "/v1/completions",
+    response_model=None,
+    openapi_extra=openapi_body(CompletionRequest),
+    responses=generation_responses(),
+)
 async def completions(request: Request) -> Response:
     return await _generate(request)
 

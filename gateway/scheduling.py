@@ -1,8 +1,10 @@
 """The scheduler in real time: the pure `gateway.scheduler`, one per model, driven by live
 requests, the worker registry and the load poller. A held request waits here on a future.
 
-`sync` copies the registry into the schedulers' cluster state (new workers, health, each fresh
-`/v1/loads` report) and runs on every load poll. Every event (a request, its first token, its
+`sync` copies the registry into the schedulers' cluster state (new workers, each fresh
+`/v1/loads` report, and whether each may take requests: healthy, breaker closed or probing, not
+draining; a worker gone from the registry is taken out) and runs on every load poll and whenever
+the registry says a worker's usability changed. Every event (a request, its first token, its
 end, a poll) runs the scheduler, and a timer wakes it when a held request may become placeable
 as queues drain. A request held past `hold_timeout_s` gets 503; one the scheduler sheds, 429.
 """
@@ -53,6 +55,7 @@ class LiveScheduler:
         self._waiting: dict[RequestId, asyncio.Future[Decision]] = {}
         """Held requests' futures: bounded by `max_held` per model."""
         self._wake: asyncio.TimerHandle | None = None
+        registry.subscribe(self.sync)
 
     @property
     def policy(self) -> str:
@@ -74,20 +77,23 @@ class LiveScheduler:
 
     def sync(self) -> None:
         """Registry → cluster state, then schedule whatever became placeable."""
+        current: dict[str, Worker] = {}
         for w in self._registry.all:
             if w.model is None:
                 continue
+            current[w.url] = w
+            self._workers[w.url] = w  # a worker registered again under its URL is a new object
             cluster = self._scheduler(w.model).cluster
+            usable = self._registry.usable(w)
             if w.url not in cluster.engines:
-                self._workers[w.url] = w
                 cluster.add_engine(
                     w.url,
                     cast(Role, w.role),
                     cost_for(w, self._scheduling.engine_model),
                     read_paths=read_paths_of(w),
-                    healthy=w.healthy,
+                    healthy=usable,
                 )
-            cluster.set_healthy(w.url, w.healthy)
+            cluster.set_healthy(w.url, usable)
             load = w.load
             if load is not None and self._loads_seen.get(w.url) != load.at:
                 self._loads_seen[w.url] = load.at
@@ -101,13 +107,31 @@ class LiveScheduler:
                     load.cnic_q_bytes,
                 )
                 cluster.reconcile(w.url, report)
+        self._forget_removed(current)
         for model in self._schedulers:
             self._pump(model)
 
-    async def place(self, model: str, req: SchedRequest) -> tuple[Decision, PDPair]:
-        """A decision for `req`, waiting while the scheduler holds it."""
+    def _forget_removed(self, current: Mapping[str, Worker]) -> None:
+        """Workers removed from the registry (drained) take no more requests. Their engine
+        stays in the cluster state, unhealthy, so a worker registered again under the same URL
+        finds it (and the requests still booked on it can finish)."""
+        for url in [u for u in self._workers if u not in current]:
+            del self._workers[url]
+            self._loads_seen.pop(url, None)
+            for sched in self._schedulers.values():
+                if url in sched.cluster.engines:
+                    sched.cluster.set_healthy(url, False)
+
+    async def place(
+        self, model: str, req: SchedRequest, exclude: frozenset[str] = frozenset()
+    ) -> tuple[Decision, PDPair]:
+        """A decision for `req`, waiting while the scheduler holds it.
+
+        `exclude`: worker URLs that just failed this request (a retry): it is placed elsewhere
+        when it is placed at once. (A retry the scheduler holds goes wherever it fits when it
+        is released; a worker that keeps failing is kept out by its breaker.)"""
         for role in ("prefill", "decode"):
-            if not self._registry.healthy(role, model):
+            if not [w for w in self._registry.available(role, model) if w.url not in exclude]:
                 raise NoHealthyWorker(
                     f"no healthy {role} worker for model {model!r}; try again shortly",
                     retry_after_s=self._retry_after_s,
@@ -124,7 +148,7 @@ class LiveScheduler:
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
         self._waiting[req.rid] = future
         try:
-            self._pump(model)
+            self._pump(model, exclude)
             async with asyncio.timeout(self._scheduling.hold_timeout_s):
                 decision = await future
         except TimeoutError:
@@ -140,7 +164,14 @@ class LiveScheduler:
             raise
         finally:
             self._waiting.pop(req.rid, None)
-        return decision, PDPair(self._workers[decision.prefill], self._workers[decision.decode])
+        prefill, decode = self._workers.get(decision.prefill), self._workers.get(decision.decode)
+        if prefill is None or decode is None:  # removed (drained) since it was placed
+            sched.finished(req.rid, self._clock())
+            raise NoHealthyWorker(
+                "the worker chosen for this request was just removed; try again",
+                retry_after_s=self._retry_after_s,
+            )
+        return decision, PDPair(prefill, decode)
 
     def first_token(self, model: str, rid: str) -> None:
         sched = self._schedulers.get(model)
@@ -154,9 +185,15 @@ class LiveScheduler:
             sched.finished(rid, self._clock(), output_tokens)
             self._pump(model)
 
-    def _pump(self, model: str) -> None:
+    def _pump(self, model: str, exclude: frozenset[str] = frozenset()) -> None:
         sched = self._schedulers[model]
         now = self._clock()
+        # Excluded engines sit this pass out (the pure scheduler knows only healthy or not).
+        masked = [
+            e for url in exclude if (e := sched.cluster.engines.get(url)) is not None and e.healthy
+        ]
+        for engine in masked:
+            sched.cluster.set_healthy(engine.id, False)
         try:
             decisions = sched.schedule(now)
         except Exception as exc:  # a bug: fail the head request, never wedge the queue
@@ -166,6 +203,9 @@ class LiveScheduler:
             if future is not None and not future.done():
                 future.set_exception(APIError(f"scheduling failed: {exc}"))
             decisions = []
+        finally:
+            for engine in masked:
+                sched.cluster.set_healthy(engine.id, True)
         for decision in decisions:
             future = self._waiting.get(decision.rid)
             if future is None or future.done():

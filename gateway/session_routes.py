@@ -1,6 +1,7 @@
 """The sessions admin API: list, inspect and end the caller's agent sessions.
 
-Sessions are per tenant: a caller sees only its own (another tenant's id answers 404).
+Sessions are per tenant: a caller sees only its own (another tenant's id answers 404). With API
+keys configured these routes need an admin key (`gateway.auth.require_admin`, set in `app.py`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Gateway settings: the one module that reads the environment and the cluster file.
 
 Components receive frozen sub-configs; nothing else looks at `os.environ`.
-Environment variables (all optional) use the `DUALPATH_` prefix, e.g. `DUALPATH_MAX_BODY_BYTES`.
+Environment variables (all optional) use the `DUALPATH_` prefix and a sub-config's name,
+e.g. `DUALPATH_LIMITS_MAX_BODY_BYTES`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from typing import Any
 
 import yaml
 
+from engines.circuit_breaker import BreakerPolicy
 from engines.pd_client import UpstreamTimeouts
 from engines.worker_registry import HealthPolicy
+from gateway.api_keys import ApiKey, KeyRing, keys_from_env, keys_from_file
 from gateway.errors import ConfigError
 from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.policies import POLICIES
@@ -40,6 +43,25 @@ class LimitsConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     max_output_tokens: int = 131072
     """Largest `max_tokens` / `max_completion_tokens` accepted."""
+    max_header_bytes: int = 32 * 1024
+    """Request line plus all header lines; past it the server answers 431 (`serve` only)."""
+    max_headers: int = 100
+    """Header fields per request; past it 431 (`serve` only)."""
+    max_json_depth: int = 64
+    """Nesting of arrays and objects in the body (the top-level object is 1); the JSON parser
+    refuses past 200 whatever this says."""
+    max_messages: int = 10_000
+    """Chat `messages` per request."""
+    max_message_chars: int = 2_000_000
+    """Characters of one message's content (or one completion prompt)."""
+    max_total_chars: int = 4_000_000
+    """Characters of all messages' content (or all prompts) together."""
+    max_stop: int = 16
+    """`stop` sequences."""
+    max_n: int = 128
+    """`n` and `best_of`, and a completion batch: prompts × `n`."""
+    max_tools: int = 128
+    """`tools` (and legacy `functions`) entries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +116,31 @@ class SchedulingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """Failover of a turn whose worker failed before the first byte (`gateway/failover.py`)."""
+
+    max_attempts: int = 3
+    """Tries per turn, the first included (`DUALPATH_RETRY_MAX_ATTEMPTS`); 1 = no retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """Per-key limits (`gateway/rate_limits.py`); a keys-file entry's own values win. Shared
+    through Redis when `sessions.redis_url` is set."""
+
+    requests_per_min: int = 0
+    """Default requests per minute of a key that sets none; 0 = unlimited."""
+    tokens_per_min: int = 0
+    """Default tokens per minute (prompt + max_tokens reserved); 0 = unlimited."""
+    max_buckets: int = 10_000
+    """In-process limiter bound (least recently used dropped)."""
+    redis_timeout_s: float = 0.05
+    """Per Redis call; past it this request is limited in-process."""
+    redis_retry_s: float = 1.0
+    """While Redis is down, how often to try it again."""
+
+
+@dataclass(frozen=True, slots=True)
 class GatewaySettings:
     host: str = "127.0.0.1"
     port: int = 8000
@@ -101,6 +148,13 @@ class GatewaySettings:
     timeouts: UpstreamTimeouts = field(default_factory=UpstreamTimeouts)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     health: HealthPolicy = field(default_factory=HealthPolicy)
+    """`DUALPATH_HEALTH_INTERVAL_S`, `DUALPATH_HEALTH_FAILURE_THRESHOLD`, …: active checks."""
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    """`DUALPATH_BREAKER_FAILURE_THRESHOLD`, `DUALPATH_BREAKER_COOL_DOWN_S`: passive checks."""
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    shutdown_timeout_s: float = 30.0
+    """On SIGTERM, how long in-flight requests may run on before they are cut
+    (`DUALPATH_SHUTDOWN_TIMEOUT_S`); no new connection is accepted meanwhile."""
     loads_interval_s: float = 0.25
     """How often every healthy worker's `/v1/loads` is read (the scheduler's reconciliation)."""
     retry_after_s: int = 2
@@ -113,6 +167,11 @@ class GatewaySettings:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     """`DUALPATH_SCHEDULER_POLICY`, `DUALPATH_SCHEDULER_TTFT_S`, …: every field by name."""
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    api_keys: tuple[ApiKey, ...] = ()
+    """`DUALPATH_API_KEYS_FILE` (or `--api-keys-file`) and `DUALPATH_API_KEYS`, hashed
+    (`gateway/api_keys.py`); empty = an open gateway, no key required."""
+    rate_limits: RateLimitConfig = field(default_factory=RateLimitConfig)
+    """`DUALPATH_RATE_LIMITS_REQUESTS_PER_MIN`, `DUALPATH_RATE_LIMITS_TOKENS_PER_MIN`, …"""
     tokenizer: str = ""
     """The workers' HuggingFace tokenizer.json; empty = the built-in tokenizer."""
     log_level: str = "warning"
@@ -173,6 +232,24 @@ def load_cluster_file(path: str | Path) -> tuple[WorkerSpec, ...]:
     return _worker_specs(data.get("workers"), str(path))
 
 
+def _api_keys(env: Mapping[str, str], keys_file: str | Path | None) -> tuple[ApiKey, ...]:
+    """The keys file (the flag, else `DUALPATH_API_KEYS_FILE`), then `DUALPATH_API_KEYS`."""
+    path = keys_file if keys_file is not None else env.get("DUALPATH_API_KEYS_FILE", "")
+    keys = keys_from_file(path) if path else ()
+    keys += keys_from_env(env.get("DUALPATH_API_KEYS", ""))
+    KeyRing(keys)  # a key configured twice fails the start, not the first request
+    return keys
+
+
+def _check_rate_limits(limits: RateLimitConfig) -> None:
+    if limits.requests_per_min < 0 or limits.tokens_per_min < 0:
+        raise ConfigError("default rate limits must be non-negative (0 = unlimited)")
+    if limits.max_buckets < 1:
+        raise ConfigError(f"rate-limit max_buckets must be positive, not {limits.max_buckets}")
+    if not (limits.redis_timeout_s > 0 and limits.redis_retry_s > 0):  # NaN fails too
+        raise ConfigError("rate-limit Redis timeout and retry interval must be positive")
+
+
 def load_settings(
     workers: tuple[WorkerSpec, ...] = (),
     *,
@@ -182,10 +259,14 @@ def load_settings(
     tokenizer: str | None = None,
     policy: str | None = None,
     kv_store: str | None = None,
+    api_keys_file: str | Path | None = None,
     env: Mapping[str, str] | None = None,
 ) -> GatewaySettings:
     """Defaults, then `DUALPATH_*` environment variables, then the CLI's flags."""
-    settings = _from_env(GatewaySettings(), os.environ if env is None else env, "DUALPATH_")
+    env = os.environ if env is None else env
+    settings = _from_env(GatewaySettings(), env, "DUALPATH_")
+    settings = replace(settings, api_keys=_api_keys(env, api_keys_file))
+    _check_rate_limits(settings.rate_limits)
     scheduler = settings.scheduler if policy is None else replace(settings.scheduler, policy=policy)
     if scheduler.policy not in POLICIES:
         known = ", ".join(POLICIES)

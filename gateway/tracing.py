@@ -131,6 +131,7 @@ class RequestTrace:
         "_stage",
         "_t0",
         "_tracing",
+        "_tries",
         "span",
     )
 
@@ -157,6 +158,7 @@ class RequestTrace:
         self._decode: SpanRecord | None = None
         self._done: Completed | None = None
         self._returned = self._ended = False
+        self._tries = 0
         self._finish: list[str] = []
         self._completion: list[bytes] | None = [] if tracing.content else None
 
@@ -214,8 +216,10 @@ class RequestTrace:
     def scheduled(self, decision: Decision, pair: PDPair, wanted: SchedRequest) -> None:
         if not self._on:
             return
+        self._tries += 1
         self.span.set_attributes(
             {
+                "dualpath.attempts": self._tries,
                 "dualpath.hit_tokens": wanted.hit_tokens,
                 "dualpath.append_tokens": wanted.append_tokens,
                 "dualpath.read_path": decision.read_path,
@@ -291,7 +295,13 @@ class RequestTrace:
                 self._end_ok(done)
         elif self._returned:  # a stream that broke or whose client left
             self._end(error="stream_aborted", message="the stream ended before it was complete")
-        # else: a failure before the response; the route's `fail` follows with the exception.
+        else:
+            # This try failed before the response: its decode leg ends here, and a retry opens
+            # new legs (`dualpath.attempts` counts them), or the route's `fail` follows.
+            decode, self._decode = self._decode, None
+            if decode is not None:
+                decode.set_error("the try failed before its first byte")
+                self._tracing.tracer.end(decode)
 
     def fail(self, exc: BaseException) -> None:
         """A failure raised to the route (4xx/5xx, shed, client gone while held)."""

@@ -6,15 +6,23 @@ count nothing, and the failure is counted in `errors`. A batch is cut into reque
 rest of the batch is answered as misses without asking, so a hung server costs one timeout per
 call, not one per chunk. httpx's errors are caught here and nowhere else.
 
+A caller's cancellation (the gateway's hit-probe deadline, a worker's aborted request) never
+reaches an HTTP request: httpcore 1.0.9 leaks a pool slot for good when a request is cancelled
+at the wrong moment (encode/httpcore#1093, seen here: after ~2,000 cancelled probes all 16 slots
+were gone and every later call failed with `PoolTimeout`). Each request runs in a task of its
+own, shielded; a cancelled caller leaves it to finish on its own, bounded by `timeout_s`.
+
 `stats()` is the server's, with this client's own errors added; while the server cannot be
 reached it is the last copy seen (or zeros) with `available=False`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any
 
 import httpx
 import orjson
@@ -63,6 +71,8 @@ class HTTPKVStore:
         self._errors = 0
         self._available = True
         self._last: StoreStats | None = None
+        self._requests: set[asyncio.Task[httpx.Response]] = set()
+        """Requests in flight, each bounded by `timeout_s` (a reference keeps them alive)."""
 
     async def exists(self, keys: Sequence[bytes]) -> list[bool]:
         out: list[bool] = []
@@ -128,7 +138,7 @@ class HTTPKVStore:
 
     async def stats(self) -> StoreStats:
         try:
-            response = await self._client.get("/v1/stats")
+            response = await self._send(self._client.get("/v1/stats"))
             response.raise_for_status()
             fields = orjson.loads(response.content)
             remote = StoreStats(**{k: v for k, v in fields.items() if k in _STATS_FIELDS})
@@ -143,10 +153,22 @@ class HTTPKVStore:
     async def close(self) -> None:
         await self._client.aclose()
 
+    async def _send(self, request: Coroutine[Any, Any, httpx.Response]) -> httpx.Response:
+        """`await request`, which the caller's cancellation does not cancel (module docstring)."""
+        task = asyncio.ensure_future(request)
+        self._requests.add(task)
+        task.add_done_callback(self._settled)
+        return await asyncio.shield(task)
+
+    def _settled(self, task: asyncio.Task[httpx.Response]) -> None:
+        self._requests.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: an abandoned request's failure is not an error
+
     async def _post(self, path: str, body: bytes) -> bytes | None:
         """The answer's body, or None (counted) if the server could not give one."""
         try:
-            response = await self._client.post(path, content=body, headers=_OCTETS)
+            response = await self._send(self._client.post(path, content=body, headers=_OCTETS))
         except httpx.HTTPError as exc:
             self._fail(f"{path} failed: {exc!r}", down=isinstance(exc, httpx.TransportError))
             return None

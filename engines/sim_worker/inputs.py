@@ -102,6 +102,9 @@ class GenRequest:
     bootstrap: Bootstrap | None = None
     """None for role null, or a PD request without bootstrap fields (rejected by PD roles)."""
     kv: KVDirective | None = None
+    cache_namespace: str = ""
+    """SGLang's `cache_salt` + `extra_key`: prompts of different namespaces share no cached
+    prefix in the local prefix cache."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,15 @@ def _token_list(value: Any, key: str) -> tuple[int, ...]:
 
 def _pick(value: Any, i: int) -> Any:
     return value[i] if isinstance(value, list) else value
+
+
+def _cache_namespace(body: Mapping[str, Any], i: int = 0) -> str:
+    """`cache_salt` (OpenAI routes) then `extra_key` (a list on a /generate batch)."""
+    parts = (body.get("cache_salt"), _pick(body.get("extra_key"), i))
+    for name, part in zip(("cache_salt", "extra_key"), parts, strict=True):
+        if part is not None and not isinstance(part, str):
+            raise BadRequest(f"'{name}' must be a string")
+    return "".join(p for p in parts if p)
 
 
 def _bootstrap(body: Mapping[str, Any], i: int, config: SimWorkerConfig) -> Bootstrap | None:
@@ -210,6 +222,7 @@ def parse_generate(
                 seed=_opt_int(params, "sampling_seed"),
                 bootstrap=_bootstrap(body, i, config),
                 kv=kv,
+                cache_namespace=_cache_namespace(body, i),
             )
         )
     return ApiRequest(tuple(items), stream=bool(body.get("stream")), batch=batch)
@@ -256,6 +269,7 @@ def parse_chat(
         tool=choose_tool(body),
         bootstrap=_bootstrap(body, 0, config),
         kv=parse_kv_directive(body),
+        cache_namespace=_cache_namespace(body),
     )
     model = str(body.get("model") or "default")
     return ApiRequest((item,), bool(body.get("stream")), model=model, include_usage=include_usage)
@@ -284,6 +298,7 @@ def parse_completion(
         seed=_opt_int(body, "seed"),
         bootstrap=_bootstrap(body, 0, config),
         kv=parse_kv_directive(body),
+        cache_namespace=_cache_namespace(body),
     )
     model = str(body.get("model") or "default")
     return ApiRequest((item,), bool(body.get("stream")), model=model, include_usage=include_usage)

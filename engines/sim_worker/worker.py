@@ -270,7 +270,7 @@ class SimWorker:
                 )
             raise
         if self.kv is None:
-            self.cache.insert(req.prompt_ids)
+            self.cache.insert(req.prompt_ids, req.cache_namespace)
         first = plan.token_ids[0]
         if publish:
             assert bs is not None
@@ -282,7 +282,7 @@ class SimWorker:
         matched in the local prefix cache when the worker has no store."""
         kv = self.kv
         if kv is None:
-            return self.cache.match(req.prompt_ids)
+            return self.cache.match(req.prompt_ids, req.cache_namespace)
         blocks = await self._read_hits(kv, req, kv.usable(keys, len(req.prompt_ids)))
         cached = len(blocks) * self.config.page_size
         kv.note_expected(req.kv.expected_hit_tokens if req.kv else None, cached)

@@ -4,13 +4,16 @@ Prometheus' own text parser, its counters move as agent turns flow through."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import time
 
 import httpx
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.procs import dualpath, free_port, running
+from tests.support.procs import REPO, dualpath, free_port, running
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +78,7 @@ def test_counters_move_as_requests_flow_through_a_real_gateway() -> None:
                 )
 
     with running(cmd, base + "/ready", timeout=90):
+        _every_worker_reporting(base)
         before = _scrape(base)
         asyncio.run(run())
         after = _scrape(base)
@@ -111,3 +115,39 @@ def test_counters_move_as_requests_flow_through_a_real_gateway() -> None:
     assert moved("dualpath_snic_read_bytes_total") > 0
     assert max(_by(after, "dualpath_snic_utilization", "node").values()) > 0
     assert all(n.startswith("dualpath_") for n, _ in after)
+    _grafana_queries_match(after)
+
+
+def _every_worker_reporting(base: str, timeout: float = 60) -> None:
+    """`/ready` needs one healthy worker per role; the per-engine gauges need every worker
+    healthy and polled once (on a loaded machine a worker can lag its siblings)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        workers = httpx.get(base + "/ready", timeout=10).json()["workers"]
+        if all(w["healthy"] and w["load"] is not None for w in workers):
+            return
+        assert time.monotonic() < deadline, workers
+        time.sleep(0.05)  # a poll interval, not a wait for an event we could observe
+
+
+def _exprs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        return [e for k, v in node.items() for e in ([v] if k == "expr" else _exprs(v))]
+    return [e for v in node for e in _exprs(v)] if isinstance(node, list) else []
+
+
+def _grafana_queries_match(scraped: Values) -> None:
+    """Each `dualpath_*` series the provisioned Grafana dashboard queries, and each label it
+    groups by, is one the gateway exports: a renamed metric or label fails here."""
+    labels: dict[str, set[str]] = {}
+    for name, key in scraped:
+        labels.setdefault(name, set()).update(k for k, _ in key)
+    dashboard = json.loads((REPO / "deploy/grafana/dashboards/dualpath.json").read_text())
+    checked = 0
+    for expr in _exprs(dashboard):
+        for metric in re.findall(r"dualpath_\w+", expr):
+            assert metric in labels, (metric, expr)
+            grouped = {g.strip() for m in re.findall(r"by \(([^)]*)\)", expr) for g in m.split(",")}
+            assert grouped - {"le", ""} <= labels[metric], (metric, expr)
+            checked += 1
+    assert checked >= 5

@@ -3,6 +3,7 @@ say, in process: the spans go to the SDK's in-memory exporter through a real pro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -19,10 +20,14 @@ from opentelemetry.trace import StatusCode
 from starlette.responses import Response
 
 from engines.otel import OTLP_GRPC, OTLP_HTTP, TracingConfigError, exporter_names
+from engines.worker_registry import Worker
 from gateway.errors import Overloaded
 from gateway.pd_dispatch import Completed
+from gateway.placement import PDPair
 from gateway.relay_response import RelayResponse
 from gateway.request_parsing import ParsedRequest
+from gateway.scheduler.decision import Decision
+from gateway.scheduler.request import SchedRequest
 from gateway.span_export import readable
 from gateway.span_records import Row, Sampler, Tracer
 from gateway.trace_answer import MAX_CONTENT_CHARS
@@ -221,6 +226,50 @@ def test_a_shed_request(exporter: InMemorySpanExporter) -> None:
         assert (span.attributes or {})["error.type"] == "overloaded"
     assert (root.attributes or {})["http.response.status_code"] == 429
     assert (root.attributes or {})["gen_ai.operation.name"] == "text_completion"
+
+
+async def test_a_retried_request_is_one_tree_with_each_tries_legs(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """A try that fails before its first byte ends its legs in error; the retry's legs and the
+    answer belong to the same request span, which counts the attempts."""
+    trace = _tracing(exporter, False).request("/v1/chat/completions", {})
+    wanted = SchedRequest("r", 0, 10, 5, 0.0, 4.0, 0.05)
+    for attempt, (prefill, decode) in enumerate([("p0", "d0"), ("p1", "d1")]):
+        pair = PDPair(
+            Worker(f"http://{prefill}:1", "prefill"), Worker(f"http://{decode}:2", "decode")
+        )
+        decision = Decision("r", prefill, decode, 1.0, 0.1, 0.02, "basic", "", 0.0, 0.0)
+        trace.stage("schedule")
+        trace.scheduled(decision, pair, wanted)
+        trace.legs(pair, {})
+        task = asyncio.get_running_loop().create_future()
+        if attempt == 0:
+            task.set_exception(ConnectionError("refused"))
+            trace.prefill_done(task)  # type: ignore[arg-type]
+            trace.end(None)  # the dispatcher gives up on this try; the route retries
+        else:
+            task.set_result(None)
+            trace.prefill_done(task)  # type: ignore[arg-type]
+    trace.end(Completed(USAGE, None, time.monotonic()))
+    trace.response(Response(_answer(), media_type="application/json"))
+    spans = exporter.get_finished_spans()
+    root = _root(spans)
+    assert (root.attributes or {})["dualpath.attempts"] == 2
+    assert root.status.status_code is not StatusCode.ERROR
+    legs = [s for s in spans if s.name in ("prefill", "decode")]
+    assert sorted((s.name, (s.attributes or {})["server.address"]) for s in legs) == [
+        ("decode", "d0"),
+        ("decode", "d1"),
+        ("prefill", "p0"),
+        ("prefill", "p1"),
+    ]
+    failed = {s.name for s in legs if s.status.status_code is StatusCode.ERROR}
+    assert failed == {"prefill", "decode"} and all(
+        s.parent is not None and s.parent.span_id == root.context.span_id for s in legs
+    )
+    first = [s for s in legs if (s.attributes or {})["server.address"] in ("p0", "d0")]
+    assert all(s.status.status_code is StatusCode.ERROR for s in first)
 
 
 @pytest.fixture(autouse=True)
