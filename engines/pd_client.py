@@ -22,6 +22,8 @@ import orjson
 
 from engines.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 
+STALE_RETRIES = 2
+"""Resends of a request whose connection the worker closed before answering (see `open`)."""
 KEEPALIVE_S = 4.0
 """How long an idle upstream connection is kept: under uvicorn's 5 s `timeout_keep_alive`."""
 
@@ -131,9 +133,20 @@ class UpstreamClient:
         send_headers = {"Content-Type": "application/json", **(headers or {})}
         try:
             async with asyncio.timeout(self.timeouts.first_byte_s):
-                response = await self._session.post(
-                    url, data=body, headers=send_headers, timeout=self._stream_timeout
-                )
+                for tries_left in range(STALE_RETRIES, -1, -1):
+                    try:
+                        response = await self._session.post(
+                            url, data=body, headers=send_headers, timeout=self._stream_timeout
+                        )
+                        break
+                    except aiohttp.ClientConnectorError:
+                        raise  # nothing was sent: the connect failed (handled below)
+                    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                        # A pooled connection the worker closed as we sent on it (its keep-alive
+                        # ran out while our loop lagged): the request never ran; send it again
+                        # on another connection. A dead worker refuses the next connect.
+                        if not tries_left:
+                            raise
         except aiohttp.ConnectionTimeoutError as exc:
             # Also a TimeoutError: caught first, so a connect timeout says so (nothing was sent).
             raise UpstreamTimeout(

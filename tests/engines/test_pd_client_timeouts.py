@@ -140,6 +140,40 @@ async def test_refused_and_reset_are_errors_not_timeouts(client: UpstreamClient)
     assert not isinstance(reset.value, UpstreamTimeout) and reset.value.phase == "head"
 
 
+async def test_a_connection_the_worker_closed_is_resent_on_another(
+    client: UpstreamClient,
+) -> None:
+    """A worker whose keep-alive ran out closes the connection just as the gateway sends on it:
+    that request never ran, so it goes again on a fresh connection instead of failing."""
+    connections: list[int] = []
+    answered = 0
+
+    async def closes_on_reuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        connections.append(1)
+        served = 0
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                if served:  # a reused connection: close it unanswered
+                    break
+                served += 1
+                answered += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+        writer.close()
+
+    server, url = await _server(closes_on_reuse)
+    async with server:
+        for _ in range(3):
+            response = await client.open(url, b"{}")
+            assert response.status == 200 and await response.read() == b"{}"
+            await response.aclose()
+    assert answered == 3 and len(connections) >= 3
+
+
 def test_idle_connections_are_dropped_before_the_workers_drop_them() -> None:
     """Reusing a connection the worker already closed fails the request with a reset; SGLang and
     our simulated workers serve with uvicorn's keep-alive default."""
