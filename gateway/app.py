@@ -95,6 +95,8 @@ def create_app(settings: GatewaySettings) -> FastAPI:
         sessions = SessionTurns.from_settings(settings)
         metrics.attach(LiveState(registry, scheduler.schedulers, scheduler.policy, sessions.store))
         tracing = Tracing.from_env(settings.trace_content)  # None unless OTEL_* asks for it
+        if tracing is not None and (shipper := tracing.shipper) is not None:
+            metrics.trace_spans = lambda: (shipper.shipped, shipper.dropped)
         app.state.gateway = GatewayState(
             settings=settings,
             registry=registry,

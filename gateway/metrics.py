@@ -111,6 +111,8 @@ class GatewayMetrics:
         self.recent_tpot: deque[tuple[float, float]] = deque(maxlen=RECENT_SAMPLES)
         self.active = ActiveSessions()
         self.live: LiveState | None = None
+        self.trace_spans: Callable[[], tuple[int, int]] | None = None
+        """(shipped, dropped) spans of the span-export channel, when tracing is on."""
         self.registry.register(_LiveCollector(self))
 
     def attach(self, live: LiveState) -> None:
@@ -214,6 +216,16 @@ class _LiveCollector(Collector):
         )
         active.add_metric([], self._metrics.active_sessions())
         yield active
+        if self._metrics.trace_spans is not None:
+            spans = CounterMetricFamily(
+                "dualpath_trace_spans",
+                "Trace spans handed to the span-export process, or dropped (it fell behind)",
+                labels=["outcome"],
+            )
+            shipped, dropped = self._metrics.trace_spans()
+            spans.add_metric(["shipped"], shipped)
+            spans.add_metric(["dropped"], dropped)
+            yield spans
         if snap.sessions_stored is not None:
             yield GaugeMetricFamily(
                 "dualpath_sessions_stored", "Sessions in the in-process store", snap.sessions_stored

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.support.procs import dualpath, free_port, running
@@ -134,6 +135,18 @@ def test_each_request_is_one_tree_across_gateway_and_workers(cluster: Cluster) -
         for s in spans:
             assert root.start_ns <= s.start_ns and s.end_ns >= s.start_ns
             assert s.status_code != 2, (s.name, s.attributes)
+
+
+def test_metrics_count_the_spans_shipped(cluster: Cluster) -> None:
+    text = httpx.get(cluster.base + "/metrics", timeout=10).text
+    samples = {
+        s.labels["outcome"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "dualpath_trace_spans_total"
+    }
+    # Three requests' gateway spans (six, five and one) went out; none was dropped.
+    assert samples["shipped"] >= 12 and samples["dropped"] == 0
 
 
 def test_request_span_attributes(cluster: Cluster) -> None:
