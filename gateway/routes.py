@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from starlette.datastructures import Headers
@@ -122,6 +123,16 @@ async def _handle(request: Request, state: GatewayState, trace: RequestTrace | N
                 lap = time.monotonic()
 
 
+def header_safe(value: str) -> str:
+    """`value` as a response header can carry it: a session id from the body (`user`,
+    `metadata`) may be any printable Unicode, and header values are Latin-1 on the wire; such an
+    id is echoed percent-encoded (UTF-8), as in a URL."""
+    return value if value.isascii() else quote(value, safe=_VISIBLE_ASCII)
+
+
+_VISIBLE_ASCII = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
 @dataclass(frozen=True, slots=True)
 class _Ready:
     """A parsed request matched to its session, ready to be placed (once per try)."""
@@ -182,7 +193,7 @@ async def _try(
         "server-timing": f"gateway;dur={own_ms:.3f}, queue;dur={waited * 1e3:.3f}",
     }
     if plan is not None:
-        headers_out[SESSION_HEADER] = plan.session_id
+        headers_out[SESSION_HEADER] = header_safe(plan.session_id)
     kv = KVRoute(
         state.sessions.chain_root(headers, model),
         decision.read_path,

@@ -179,6 +179,10 @@ def test_named_sessions_are_echoed_and_found_by_agent_headers(gateways: list[str
         assert sid == "meta-3"
         _, sid, _ = ask(client, messages, stream=False, user="user-5")
         assert sid == "user-5"
+        # Any printable Unicode may name a session in the body; the header carries it encoded.
+        for stream in (False, True):
+            _, sid, _ = ask(client, messages, stream=stream, user="用户 %7 ø")
+            assert sid == "%E7%94%A8%E6%88%B7 %257 %C3%B8"
     assert session(b, "cc-9").json()["turns"] == 1
 
 
