@@ -70,6 +70,19 @@ def _resolve(name: str, env: Mapping[str, str]) -> str:
     return resolved
 
 
+def check_exporters(names: list[str]) -> None:
+    """Raise `TracingConfigError` for a name no exporter answers to, without importing any (a
+    process that exports elsewhere learns of a typo at its start, not from a dead exporter)."""
+    for name in names:
+        if name not in (OTLP_HTTP, OTLP_GRPC, "console") and not entry_points(
+            group="opentelemetry_traces_exporter", name=name
+        ):
+            raise TracingConfigError(
+                f"unknown trace exporter {name!r} in OTEL_TRACES_EXPORTER: "
+                "otlp, otlp_proto_http, otlp_proto_grpc, console or none"
+            )
+
+
 def _exporter(name: str) -> SpanExporter:
     # Our three by import, so they work without entry-point metadata (e.g. a vendored tree).
     if name == OTLP_HTTP:

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import orjson
 from starlette.responses import Response
 
-from engines.otel import TracingConfigError, exporter_names
+from engines.otel import TracingConfigError, check_exporters, exporter_names
 from gateway.errors import APIError
 from gateway.relay_response import RelayResponse
 from gateway.span_records import CLIENT, Sampler, SpanRecord, Tracer
@@ -69,8 +69,10 @@ class Tracing:
     def from_env(cls, content: bool = False) -> Tracing | None:
         """Tracing as the `OTEL_*` environment asks (exporters, sampler); None when it is off.
         A setting that cannot work stops the start (`TracingConfigError`)."""
-        if not exporter_names(os.environ):
+        names = exporter_names(os.environ)
+        if not names:
             return None
+        check_exporters(names)  # the export process would only find out once running
         try:
             sampler = Sampler.from_env()
         except ValueError as exc:

@@ -62,6 +62,12 @@ def test_the_environment_decides(env: dict[str, str], names: list[str]) -> None:
     assert exporter_names(env) == names
 
 
+def test_an_unknown_exporter_stops_the_gateways_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin_typo")
+    with pytest.raises(TracingConfigError, match="unknown trace exporter 'zipkin_typo'"):
+        Tracing.from_env()
+
+
 def test_an_unknown_protocol_stops_the_start() -> None:
     with pytest.raises(TracingConfigError, match="http/protobuf or grpc"):
         exporter_names({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "json"})
