@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.errors import LimiterUnavailable
 from gateway.rate_limits import WINDOW_S
+from session.redis_store import redis_client
 
 __all__ = ["RedisLimiter"]
 
@@ -57,18 +54,7 @@ class RedisLimiter:
     ) -> None:
         self.timeout_s = timeout_s
         self._prefix = key_prefix
-        # As the session store's pool: a burst waits briefly for a connection instead of failing,
-        # and a connection broken by a Redis restart is retried once on a fresh one.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-        self._client = aioredis.Redis.from_pool(pool)
+        self._client = redis_client(url, timeout_s, max_connections)  # as the session store's
         self._gcra = self._client.register_script(_GCRA_LUA)
 
     async def acquire(self, bucket: str, cost: int, per_min: int) -> float:

@@ -145,6 +145,22 @@ return n
 """
 
 
+def redis_client(url: str, timeout_s: float, max_connections: int) -> aioredis.Redis:
+    """A client whose every wait is bounded by `timeout_s`. Its pool blocks: a burst beyond
+    `max_connections` waits for a connection instead of failing, which would mark the store
+    down for nothing; a connection broken by a Redis restart is retried once on a fresh one."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry_on_timeout=False,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+    return aioredis.Redis.from_pool(pool)
+
+
 def _hex(text: str) -> str:
     return text.encode().hex()
 
@@ -264,18 +280,7 @@ class RedisSessionStore:
         """Commands, scripts and pipelines sent (a NOSCRIPT reload counts with its call)."""
         self._prefix = key_prefix
         self._ttl_ms = max(1, round(self.limits.idle_ttl_s * 1000))
-        # A blocking pool: a burst beyond `max_connections` waits (up to `timeout_s`) for a
-        # connection instead of failing, which would mark the store down for nothing.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        )
-        self._client = aioredis.Redis.from_pool(pool)
+        self._client = redis_client(url, timeout_s, max_connections)
         self._resolve = self._client.register_script(_RESOLVE_LUA)
         self._commit = self._client.register_script(_COMMIT_LUA)
         self._delete = self._client.register_script(_DELETE_LUA)
