@@ -2,7 +2,8 @@
 (one collection, so the page and Prometheus never disagree) plus the recent TTFT/TPOT values.
 
 Over time: a bounded ring of points, one at most every `interval_s`, taken when the page asks
-(every viewer sees the same history; nothing runs while nobody looks).
+(every viewer sees the same history; nothing runs while nobody looks), and beside it each node's
+storage/compute NIC utilisation at the same points (`NodeHistory`).
 """
 
 from __future__ import annotations
@@ -10,14 +11,19 @@ from __future__ import annotations
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from gateway.live_state import RATE_WINDOW_S
 from gateway.metrics import ACTIVE_WINDOW_S, GatewayMetrics
 
 SERIES_POINTS = 600
 """Ten minutes at one point a second."""
 LATENCY_WINDOW_S = 10.0
 """TTFT/TPOT percentiles are over the requests that finished within this long."""
+NODE_SERIES_LIMIT = 32
+"""Nodes whose NIC history is kept (the table lists every node): bounds the map and the page's
+payload (two numbers a point a node) at the paper's 144-node scale."""
 GENERATE_ROUTES = ("/v1/chat/completions", "/v1/completions")
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
@@ -79,6 +85,85 @@ NODE_COLUMNS = {
 }
 
 
+def snic_max_over_avg(nodes: Iterable[dict[str, Any]]) -> float | None:
+    """The paper's balance figure: the busiest storage NIC's utilisation over the mean of all of
+    them (each over the last `RATE_WINDOW_S`); None while none reads anything."""
+    used = [n["snic_utilization"] for n in nodes if n.get("snic_utilization") is not None]
+    mean = sum(used) / len(used) if used else 0.0
+    return max(used) / mean if mean > 0 else None
+
+
+@dataclass(slots=True)
+class _NodeRing:
+    role: str | None
+    points: deque[tuple[float | None, float | None]]
+    """(storage, compute) NIC utilisation at each point since the node was first seen."""
+    seen: int
+    """The last tick the node was present at."""
+
+
+class NodeHistory:
+    """Per node, its storage/compute NIC utilisation at each point of the dashboard's series.
+
+    Rings as long as the series and filled at the same ticks (None while the node is absent), so
+    a node that left falls out after as many points as any other value does. At most `limit`
+    nodes: a new one takes the place of the longest-absent when full, and goes untracked while
+    every tracked node is still present.
+    """
+
+    def __init__(self, points: int = SERIES_POINTS, limit: int = NODE_SERIES_LIMIT) -> None:
+        self._points = points
+        self._limit = limit
+        self._rings: dict[str, _NodeRing] = {}
+        self._tick = 0
+
+    def add(self, nodes: Iterable[dict[str, Any]]) -> None:
+        """One point: `nodes` are the rows of `Dashboard.data()["nodes"]` at this moment."""
+        self._tick += 1
+        present = {n["node"]: n for n in nodes}
+        # Mark every tracked node that is here before admitting new ones, so none of them is
+        # taken for absent and evicted.
+        for name, row in present.items():
+            if (ring := self._rings.get(name)) is not None:
+                ring.role, ring.seen = row.get("role"), self._tick
+        for name, row in present.items():
+            if name not in self._rings and self._make_room():
+                ring = _NodeRing(row.get("role"), deque(maxlen=self._points), self._tick)
+                self._rings[name] = ring
+        for name, ring in list(self._rings.items()):
+            if self._tick - ring.seen >= self._points:
+                del self._rings[name]  # Only None left in its ring.
+                continue
+            row = present.get(name, {})
+            ring.points.append((row.get("snic_utilization"), row.get("cnic_utilization")))
+
+    def _make_room(self) -> bool:
+        if len(self._rings) < self._limit:
+            return True
+        gone = min(self._rings, key=lambda name: self._rings[name].seen)
+        if self._rings[gone].seen == self._tick:
+            return False
+        del self._rings[gone]
+        return True
+
+    def series(self, length: int) -> list[dict[str, Any]]:
+        """Each node's last `length` values, padded at the front with None to `length`, so that
+        index i is the same moment as point i of a series of that many points."""
+        out = []
+        for name, ring in self._rings.items():
+            kept = list(ring.points)[max(len(ring.points) - length, 0) :]
+            pad = [None] * (length - len(kept))
+            out.append(
+                {
+                    "node": name,
+                    "role": ring.role,
+                    "snic": pad + [s for s, _ in kept],
+                    "cnic": pad + [c for _, c in kept],
+                }
+            )
+        return out
+
+
 class Dashboard:
     def __init__(
         self,
@@ -92,6 +177,7 @@ class Dashboard:
         self._clock = clock
         self._wall = wall
         self._series: deque[dict[str, Any]] = deque(maxlen=SERIES_POINTS)
+        self._nodes = NodeHistory()
         self._last: tuple[float, float] | None = None
         """(monotonic time, generate requests) at the last point, for requests per second."""
 
@@ -134,8 +220,13 @@ class Dashboard:
             "engines": _pivot(samples, "engine", ENGINE_COLUMNS),
             "nodes": _pivot(samples, "node", NODE_COLUMNS),
         }
+        body["balance"] = {
+            "snic_max_avg": snic_max_over_avg(body["nodes"]),
+            "window_s": RATE_WINDOW_S,
+        }
         self._sample(now, done, body)
         body["series"] = list(self._series)
+        body["node_series"] = self._nodes.series(len(self._series))
         return body
 
     def _sample(self, now: float, done: float, body: dict[str, Any]) -> None:
@@ -157,5 +248,7 @@ class Dashboard:
                 "ttft_p90": latency["ttft"]["p90"],
                 "tpot_p50": latency["tpot"]["p50"],
                 "tpot_p90": latency["tpot"]["p90"],
+                "snic_max_avg": body["balance"]["snic_max_avg"],
             }
         )
+        self._nodes.add(body["nodes"])

@@ -5,7 +5,10 @@
 const POLL_MS = 1000;
 const TIMEOUT_MS = 3000;
 const SVG_NS = "http://www.w3.org/2000/svg";
-const W = 400, H = 140, PAD_L = 34, PAD_B = 14;
+// A chart's frame in viewBox units; `top` null scales to the data.
+const CHART = { w: 400, h: 140, padL: 34, padB: 14, top: null };
+// A node's NIC history in its table row: no axis labels, and a fixed 0–100% so rows compare.
+const SPARK = { w: 160, h: 32, padL: 0, padB: 0, top: 1 };
 
 const $ = (id) => document.getElementById(id);
 
@@ -41,15 +44,15 @@ function svg(tag, attrs) {
 }
 
 // A line chart of up to two series over the points' index (one point a second).
-function drawChart(id, points, keys, scale) {
-  const el = $(id);
+function drawChart(el, points, keys, scale, frame = CHART) {
+  const { w, h, padL, padB } = frame;
   el.replaceChildren();
   const values = points.flatMap((p) => keys.map((k) => p[k])).filter((v) => v !== null);
-  const max = Math.max(...values.map((v) => v * scale), 1e-9);
-  const top = niceCeil(max);
+  const top = frame.top ?? niceCeil(Math.max(...values.map((v) => v * scale), 1e-9));
   for (const f of [0, 0.5, 1]) {
-    const y = (H - PAD_B) * (1 - f);
-    el.append(svg("line", { class: "grid", x1: PAD_L, x2: W, y1: y, y2: y }));
+    const y = (h - padB) * (1 - f);
+    el.append(svg("line", { class: "grid", x1: padL, x2: w, y1: y, y2: y }));
+    if (!padL) continue;
     const label = svg("text", { class: "axis", x: 2, y: Math.max(y, 10) });
     label.textContent = fmt(top * f, top * f < 10 && f > 0 ? 2 : 0);
     el.append(label);
@@ -59,8 +62,8 @@ function drawChart(id, points, keys, scale) {
     const coords = [];
     points.forEach((p, j) => {
       if (p[key] === null || p[key] === undefined) return;
-      const x = PAD_L + (n > 1 ? (j / (n - 1)) * (W - PAD_L) : 0);
-      const y = (H - PAD_B) * (1 - (p[key] * scale) / top);
+      const x = padL + (n > 1 ? (j / (n - 1)) * (w - padL) : 0);
+      const y = (h - padB) * (1 - Math.min((p[key] * scale) / top, 1));
       coords.push(x.toFixed(1) + "," + y.toFixed(1));
     });
     if (!coords.length) return;
@@ -122,13 +125,33 @@ function row(cells, attrs) {
   return tr;
 }
 
-function drawNodes(nodes) {
+// A node's storage (s0) and compute (s1) NIC utilisation over the series' points. The tooltip
+// names the peaks, which a 0–100% line of a lightly used compute NIC hides.
+function sparkline(history) {
+  const { w, h } = SPARK;
+  const el = svg("svg", { class: "spark", viewBox: `0 0 ${w} ${h}` });
+  const points = history.snic.map((snic, i) => ({ snic, cnic: history.cnic[i] }));
+  drawChart(el, points, ["snic", "cnic"], 1, SPARK);
+  const peak = (values) => Math.max(...values.filter((v) => v !== null), 0);
+  const title = svg("title", {});
+  title.textContent = "SNIC now " + pct(history.snic.at(-1)) + ", peak " + pct(peak(history.snic))
+    + " · CNIC now " + pct(history.cnic.at(-1)) + ", peak " + pct(peak(history.cnic));
+  el.append(title);
+  return el;
+}
+
+function drawNodes(nodes, histories) {
+  const byNode = new Map(histories.map((h) => [h.node, h]));
   const body = $("nodes").tBodies[0];
-  body.replaceChildren(...nodes.map((n) => row([
-    n.node, n.role,
-    bar(n.snic_utilization, pct(n.snic_utilization)), seconds(n.snic_queue_s),
-    bar(n.cnic_utilization, pct(n.cnic_utilization)), seconds(n.cnic_queue_s),
-  ], { "data-node": n.node })));
+  body.replaceChildren(...nodes.map((n) => {
+    const history = byNode.get(n.node);
+    return row([
+      n.node, n.role,
+      bar(n.snic_utilization, pct(n.snic_utilization)), seconds(n.snic_queue_s),
+      bar(n.cnic_utilization, pct(n.cnic_utilization)), seconds(n.cnic_queue_s),
+      history ? sparkline(history) : "–",
+    ], { "data-node": n.node });
+  }));
 }
 
 function drawEngines(engines) {
@@ -160,11 +183,14 @@ function render(d) {
   const { ttft, tpot } = d.latency;
   setText("ttft-now", seconds(ttft.p50) + " / " + seconds(ttft.p90));
   setText("tpot-now", seconds(tpot.p50) + " / " + seconds(tpot.p90));
-  drawChart("chart-ttft", d.series, ["ttft_p50", "ttft_p90"], 1);
-  drawChart("chart-tpot", d.series, ["tpot_p50", "tpot_p90"], 1000);
-  drawChart("chart-queue", d.series, ["queue_depth", "rps"], 1);
+  setText("balance-label", "SNIC max/avg (" + d.balance.window_s + " s)");
+  setText("snic-balance", fmt(d.balance.snic_max_avg, 2));
+  drawChart($("chart-ttft"), d.series, ["ttft_p50", "ttft_p90"], 1);
+  drawChart($("chart-tpot"), d.series, ["tpot_p50", "tpot_p90"], 1000);
+  drawChart($("chart-queue"), d.series, ["queue_depth", "rps"], 1);
+  drawChart($("chart-balance"), d.series, ["snic_max_avg"], 1);
   drawReadPaths(d.read_paths);
-  drawNodes(d.nodes);
+  drawNodes(d.nodes, d.node_series);
   drawEngines(d.engines);
 }
 

@@ -1,6 +1,7 @@
 """The live dashboard in headless Chromium (Debian's `chromium`, driven by Playwright) against a
 real `dualpath up`: the page loads with no script error, lists the cluster's engines, and its
-numbers move while agents send turns. The last frame is kept as `tests/artifacts/dashboard.png`.
+numbers move while agents send turns, the per-node storage/compute NIC history lines and the
+storage-NIC max/avg among them. The last frame is kept as `tests/artifacts/dashboard.png`.
 
 `scripts/test.sh` installs chromium with apt-get; the test is skipped only where neither is
 available. It never runs `playwright install` (that downloads a browser).
@@ -37,6 +38,19 @@ CHROMIUM_ARGS = [
 ARTIFACT = REPO / "tests" / "artifacts" / "dashboard.png"
 AGENTS = 6
 WAIT_MS = 15_000
+NODE_HISTORY_JS = """
+  const rise = key => Math.max(0, ...[...document.querySelectorAll(`#nodes svg.spark .${key}`)]
+    .filter(line => line.tagName === 'polyline')
+    .map(line => line.ownerSVGElement.viewBox.baseVal.height
+      - Math.min(...[...line.points].map(p => p.y))));
+  const peak = nic => Math.max(0, ...[...document.querySelectorAll('#nodes svg.spark title')]
+    .map(t => t.textContent.match(new RegExp(nic + ' now .*?, peak ([0-9.]+)%')))
+    .map(m => Number(m?.[1]) || 0));
+"""
+"""Over every node's NIC history chart: `rise('s0')` (storage) or `rise('s1')` (compute), how
+far its line's highest point is above the floor in viewBox units; `peak('SNIC')` or
+`peak('CNIC')`, the peak percentage its tooltip names (the compute NIC is used too lightly to
+leave the floor of a 0–100% line). All 0 while every node has been idle."""
 
 
 def _need_chromium() -> None:
@@ -104,6 +118,8 @@ def test_dashboard_shows_the_cluster_and_moves_under_load() -> None:
             )
             assert set(shown) == urls
             assert page.inner_text("#policy") == "policy dualpath-slo"
+            # Idle so far: each node's NIC history is drawn, flat on the floor.
+            assert _wait_for_node_history(page, len(urls)) == [0, 0, 0, 0]
             start = _number(page, "#requests-total")
             futures = [pool.submit(_agent, client, f"a{i}", stop) for i in range(AGENTS)]
             try:
@@ -123,7 +139,9 @@ def test_dashboard_shows_the_cluster_and_moves_under_load() -> None:
 def _wait_for_movement(page: Page, start: float) -> None:
     """Poll the DOM (the page redraws about once a second) until every figure has moved."""
     page.wait_for_function(
-        """start => {
+        "start => {"
+        + NODE_HISTORY_JS
+        + """
           const text = id => document.getElementById(id).textContent;
           const num = id => Number(text(id).replace(/,/g, '').split(' ')[0]) || 0;
           const cells = (table, i) => [...document.querySelectorAll(`#${table} tbody tr`)]
@@ -134,9 +152,33 @@ def _wait_for_movement(page: Page, start: float) -> None:
             && num('active-sessions') > 0
             && Math.max(...cells('engines', 4), ...cells('engines', 5)) > 0
             && Math.max(...cells('nodes', 2)) > 0
-            && /\\((?:[1-9])/.test(text('read-paths-legend'));
+            && /\\((?:[1-9])/.test(text('read-paths-legend'))
+            && num('snic-balance') >= 1
+            && document.querySelector('#chart-balance polyline')?.points.numberOfItems >= 2
+            && rise('s0') > 0 && peak('SNIC') > 0 && peak('CNIC') > 0;
         }""",
         arg=start,
         timeout=WAIT_MS,
         polling=200,
+    )
+
+
+def _wait_for_node_history(page: Page, nodes: int) -> list[float]:
+    """Wait until each of the `nodes` rows carries its storage/compute NIC history (a line each,
+    a point per sample); answer how far they have risen (`NODE_HISTORY_JS`): both rises, both
+    peaks."""
+    page.wait_for_function(
+        """n => {
+          const rows = [...document.querySelectorAll('#nodes tbody tr[data-node]')];
+          return rows.length >= n && rows.every(r => ['s0', 's1'].every(key =>
+            r.querySelector(`svg.spark polyline.${key}`)?.points.numberOfItems >= 3));
+        }""",
+        arg=nodes,
+        timeout=WAIT_MS,
+        polling=200,
+    )
+    return page.evaluate(
+        "() => {"
+        + NODE_HISTORY_JS
+        + "return [rise('s0'), rise('s1'), peak('SNIC'), peak('CNIC')]; }"
     )
