@@ -9,6 +9,7 @@
 3. Online capacity in steady state (most agents/s with TTFT ≤ 4 s and TPOT ≤ 50 ms at p90 over a
    measured window after one agent run of warm-up, none shed): 660B 2P4D and 27B 1P1D; targets
    dualpath-slo/basic ≥ 2.25 and ≥ 1.67, and dualpath-slo ≥ dualpath.
+4. Scale (paper Table 3): 48P96D × 48K agents offline, its JCT and the simulator's wall time.
 
 Every figure is reported, met or not, with the command.
 
@@ -133,13 +134,27 @@ def online(model: str, prefill: int, decode: int, seed: int, target: float) -> d
     }
 
 
-PARTS = ("offline", "ablation", "online-660b", "online-27b")
+def scale(count: int, seed: int) -> dict[str, Any]:
+    """The paper's Table 3 offline scale-out: 48P96D and 48K agents (24× the 2P4D run's nodes
+    and agents; paper JCT 3,201 s against 3,167 s at 2P4D × 2K), dualpath-slo: JCT and the
+    simulator's wall time."""
+    work = agents("64k", count, seed)
+    config = SimConfig(model="ds-v3.2-660b", prefill=48, decode=96, layerwise=True)
+    result = Simulator(config, work).run()
+    out = flat(result, SLO())
+    out.update(agents=count, cluster="48P96D", policy=config.policy)
+    out["targets"] = {"wall_s": {"value": result.wall_s, "target": "report"}}
+    return out
+
+
+PARTS = ("offline", "ablation", "online-660b", "online-27b", "scale")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=1024)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--scale-agents", type=int, default=48 * 1024, help="the scale part's")
     parser.add_argument("--quick", action="store_true", help="256 agents offline, no online")
     parser.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}"
@@ -150,13 +165,14 @@ def main() -> None:
     if unknown := set(parts) - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     if args.quick:
-        parts = [p for p in parts if not p.startswith("online")]
+        parts = [p for p in parts if p in ("offline", "ablation")]
     count = 256 if args.quick else args.agents
     runs = {
         "offline": ("offline_660b_2p4d_64k", lambda: offline(count, args.seed)),
         "ablation": ("ablation_660b_2p4d_64k", lambda: ablation(count, args.seed)),
         "online-660b": ("online_660b_2p4d", lambda: online("ds-v3.2-660b", 2, 4, args.seed, 2.25)),
         "online-27b": ("online_27b_1p1d", lambda: online("ds-27b", 1, 1, args.seed, 1.67)),
+        "scale": ("offline_660b_48p96d", lambda: scale(args.scale_agents, args.seed)),
     }
     report: dict[str, Any] = {
         "bench": "paper_targets",

@@ -30,6 +30,10 @@ class ModelSpec:
     """Bytes of KV cache one token occupies in one layer (stored and loaded)."""
     attn_flops_per_pair_layer: float
     """FLOPs for one (query token, context token) pair in one layer: QK^T plus PV."""
+    gemm_speedup: float = 1.0
+    """Linear-layer FLOP rate over the bf16 rate: 2 where the weights are FP8 and the GEMMs run
+    in FP8 (DeepGEMM on Hopper, as the paper's Basic and DualPath both do). FLOPs below are
+    counted at the bf16 rate, so an FP8 GEMM's count is halved."""
     sparse_topk: int | None = None
     """DeepSeek Sparse Attention: each query attends to at most this many tokens."""
     indexer_flops_per_pair_layer: float = 0.0
@@ -93,6 +97,7 @@ MODELS: dict[str, ModelSpec] = {
         active_params=37e9,
         total_params=671e9,
         weight_bytes_per_param=1.0,
+        gemm_speedup=2.0,
         kv_bytes_per_token_layer=_mla_kv_entry(132),
         # Absorbed MLA: 128 heads × (512 + 64) dims for QK, 128 × 512 for PV, 2 FLOPs per MAC.
         attn_flops_per_pair_layer=2 * 128 * (576 + 512),
@@ -109,6 +114,7 @@ MODELS: dict[str, ModelSpec] = {
         active_params=4.1e9,
         total_params=27e9,
         weight_bytes_per_param=1.0,
+        gemm_speedup=2.0,
         kv_bytes_per_token_layer=_mla_kv_entry(68),
         attn_flops_per_pair_layer=2 * 32 * (576 + 512),
         sparse_topk=1024,
@@ -232,11 +238,12 @@ class EngineModel:
         return self.node.cnic_bytes_per_s
 
     def prefill_flops(self, append_tokens: int, cached_tokens: int) -> float:
-        """FLOPs to compute `append_tokens` new tokens on top of `cached_tokens` of context."""
+        """FLOPs (at the bf16 rate) to compute `append_tokens` new tokens on top of
+        `cached_tokens` of context."""
         if append_tokens <= 0:
             return 0.0
         m = self.model
-        linear = 2.0 * m.active_params * append_tokens
+        linear = 2.0 * m.active_params * append_tokens / m.gemm_speedup
         # Query i (0-based) sees cached + i + 1 tokens; use the mean position for the sum.
         mean_context = cached_tokens + (append_tokens + 1) / 2.0
         attention = (
@@ -290,7 +297,7 @@ class EngineModel:
             )
         )
         memory_s = (weight_bytes + kv_read) / self.node.hbm_bytes_per_s
-        flops = 2.0 * m.active_params * batch_size + (
+        flops = 2.0 * m.active_params * batch_size / m.gemm_speedup + (
             batch_size
             * m.layers
             * (

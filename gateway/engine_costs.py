@@ -23,10 +23,6 @@ class ScaledCost:
     model: EngineModel
     time_scale: float = 1.0
 
-    @property
-    def layers(self) -> int:
-        return self.model.layers
-
     def _rate(self, bytes_per_s: float) -> float:
         return bytes_per_s / self.time_scale if self.time_scale > 0 else float("inf")
 

@@ -10,6 +10,7 @@ as *free-at* times on the caller's clock, so they drain with `now` without any e
 from __future__ import annotations
 
 import heapq
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ RANKINGS: dict[str, Key] = {
 """What `ClusterState.ranked` can order engines by (absolute values: time keeps the order)."""
 SCAN_MAX = 8
 """Up to this many engines of a role, `ranked` scans them all (exact, and no index to keep)."""
+BALANCE_WINDOW_S = 10.0
+"""Time constant of a node's recent reads (`NodeState.recent_reads_s`)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -50,6 +53,11 @@ class NodeState:
     snic_since_report: float = 0.0
     cnic_since_report: float = 0.0
     """Bytes queued since the node's last load report (the report does not know them yet)."""
+    snic_recent_s: float = 0.0
+    snic_recent_at: float = 0.0
+    """Seconds of storage-NIC reading booked on the node, decayed with `BALANCE_WINDOW_S` from
+    `snic_recent_at`: its recent read share, which ranks read routes that tie on TTFT (a queue
+    says nothing once it is empty, whatever the NIC read just before)."""
     engines: list[EngineState] = field(default_factory=list)
 
     def read_q_s(self, now: float) -> float:
@@ -59,9 +67,16 @@ class NodeState:
     def read_q_bytes(self, now: float) -> float:
         return self.read_q_s(now) * self.snic_bytes_per_s
 
+    def recent_reads_s(self, now: float, nbytes: float = 0.0) -> float:
+        """The node's decayed seconds of reading at `now`, with `nbytes` more booked."""
+        decay = math.exp(min(self.snic_recent_at - now, 0.0) / BALANCE_WINDOW_S)
+        return self.snic_recent_s * decay + nbytes / self.snic_bytes_per_s
+
     def queue_read(self, now: float, nbytes: float) -> None:
         if nbytes > 0:
             self.snic_free_at = max(self.snic_free_at, now) + nbytes / self.snic_bytes_per_s
+            self.snic_recent_s = self.recent_reads_s(now, nbytes)
+            self.snic_recent_at = max(self.snic_recent_at, now)
             self.snic_since_report += nbytes
 
     def queue_cnic(self, now: float, nbytes: float) -> None:

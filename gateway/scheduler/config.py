@@ -30,8 +30,8 @@ class SchedulerConfig:
     z_factor: float = 1.05
     """`dualpath`: decode engines above this × the projected average tokens are avoided (Z)."""
     layerwise: bool = False
-    """Engines overlap loading layer l+1 with computing layer l (the paper's layer-wise
-    prefill). Our simulated workers load first, then compute, so the default is off."""
+    """Engines copy layer l+1's loaded KV into HBM while computing layer l (the paper's
+    layer-wise prefill). Our simulated workers copy first, then compute, so the default is off."""
     split: bool = True
     """`dualpath-slo` may split one request's read between both sides."""
     shortlist: int = 1

@@ -11,11 +11,6 @@ from typing import Protocol
 
 class CostModel(Protocol):
     @property
-    def layers(self) -> int:
-        """Transformer layers: the grain at which reading the KV overlaps the compute."""
-        ...
-
-    @property
     def snic_bytes_per_s(self) -> float:
         """The engine's node storage NIC (reads from the KV store)."""
         ...

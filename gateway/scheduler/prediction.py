@@ -5,8 +5,10 @@ The hit KV reaches the prefill engine by two routes in parallel: its `share` thr
 node's storage NIC, the rest through the decode node's storage NIC and then over the prefill
 node's compute NIC (read and transfer pipelined, so the slower of the two counts). Each link
 first drains what is queued on it. Compute starts when the engine's queue is free and the KV is
-in (or, with layer-wise prefill, as soon as the first layer is), and the first token follows the
-handoff, over the decode node's compute NIC, of the KV the decode engine does not hold.
+in its DRAM buffers; without layer-wise prefill the forward first copies it into HBM (over the
+compute NIC, the paper's CNIC-centric copy), with it the copy hides behind the compute. The
+first token follows the handoff, over the decode node's compute NIC, of the KV the decode engine
+does not hold.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ class TurnCost(NamedTuple):
     compute_s: float
     hit_bytes: float
     append_bytes: float
-    layers: int
 
     @classmethod
     def of(cls, req: SchedRequest, pe: EngineState) -> TurnCost:
@@ -35,7 +36,6 @@ class TurnCost(NamedTuple):
             cost.prefill_compute_s(req.append_tokens, req.hit_tokens),
             cost.kv_bytes(req.hit_tokens),
             cost.kv_bytes(req.append_tokens),
-            max(cost.layers, 1),
         )
 
 
@@ -81,7 +81,8 @@ def plans(
         ):
             shares = (*shares, share)
     compute = turn.compute_s
-    per_layer = compute / turn.layers
+    if not layerwise:  # the forward first copies the loaded KV into HBM, over the compute NIC
+        compute += x_all
     handoff_s_per_byte = 1.0 / dn.cnic_bytes_per_s
     out = []
     for share in shares:
@@ -89,10 +90,7 @@ def plans(
         if share < 1.0:
             rest = 1.0 - share
             loaded = max(loaded, de_q + rest * de_all, pe_x + rest * x_all)
-        if layerwise:
-            done = max(queue + compute, loaded + per_layer)
-        else:
-            done = max(queue, loaded) + compute
+        done = max(queue, loaded) + compute
         ttft = max(done, de_x) + (share * hit + turn.append_bytes) * handoff_s_per_byte
         out.append((share, ttft, loaded))
     return out

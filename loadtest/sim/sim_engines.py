@@ -94,12 +94,9 @@ class SimNode:
 
 
 class SimPrefill(_OneAtATime[PrefillStep]):
-    """A prefill engine: one batched forward at a time, FIFO (`PrefillQueue`).
-
-    Layer-wise prefill: a request may join the queue before its cached KV is in (`kv_ready`
-    False). Should its forward start first, the engine computes layer by layer as the KV arrives:
-    the forward ends at the later of start + compute and last KV-in + one layer's compute.
-    """
+    """A prefill engine: one batched forward at a time, FIFO (`PrefillQueue`). A request joins
+    once its cached KV is in a DRAM buffer (the paper's PE or DE buffer); with layer-wise prefill
+    the copy into HBM hides behind the compute, without it the forward waits for it."""
 
     def __init__(
         self, loop: EventLoop, model: EngineModel, node: SimNode, layerwise: bool = False
@@ -107,44 +104,10 @@ class SimPrefill(_OneAtATime[PrefillStep]):
         self.queue = PrefillQueue(model, max_waiting=1 << 30, layerwise=layerwise)
         super().__init__(loop, self.queue, lambda step: step.rids)
         self.node = node
-        self._layers = max(model.layers, 1)
-        self._loading: set[str] = set()
-        self._started: dict[str, tuple[PrefillStep, float, set[str]]] = {}
-        """Each still-loading request of a started forward → (forward, its start, its
-        requests still loading)."""
 
-    def submit(self, rid: str, append: int, cached: int, done: Done, kv_ready: bool = True) -> None:
-        if not kv_ready:
-            self._loading.add(rid)
+    def submit(self, rid: str, append: int, cached: int, done: Done) -> None:
         self.queue.add(PrefillJob(rid, append, cached))
         self._start(rid, done)
-
-    def kv_loaded(self, rid: str) -> None:
-        """All of `rid`'s cached KV is in the engine."""
-        self._loading.discard(rid)
-        started = self._started.pop(rid, None)
-        if started is None:
-            return
-        step, at, loading = started
-        loading.discard(rid)
-        if not loading:
-            end = max(at + step.duration_s, self.loop.now + step.duration_s / self._layers)
-            self.loop.at(end, self._finish, step)
-
-    def _kick(self) -> None:
-        if self._busy:
-            return
-        step = self._queue.next_step()
-        if step is None:
-            return
-        self._busy = True
-        loading = {rid for rid in step.rids if rid in self._loading}
-        if not loading:
-            self.loop.after(step.duration_s, self._finish, step)
-            return
-        started = (step, self.loop.now, loading)  # computes as the layers arrive
-        for rid in loading:
-            self._started[rid] = started
 
 
 class SimDecode:

@@ -75,8 +75,8 @@ class SimConfig:
     decode_kv_tokens: int | None = None
     """Each decode engine's KV pool; None: the node's pool in the model's tokens."""
     layerwise: bool = False
-    """Engines compute layer l while layer l+1's KV is still arriving (the paper's layer-wise
-    prefill); the scheduler predicts with it too (`SchedulerConfig.layerwise`)."""
+    """Engines copy layer l+1's KV from the DRAM buffer into HBM while computing layer l (the
+    paper's layer-wise prefill); the scheduler predicts with it (`SchedulerConfig.layerwise`)."""
     time_scale: float = 1.0
     """Every modelled duration × this, as `dualpath up --time-scale` (must be > 0)."""
     snic_gbps: float | None = None
@@ -169,7 +169,6 @@ class _FreeIO:
 
     def __init__(self, model: EngineModel) -> None:
         self._model = model
-        self.layers = model.layers
         self.snic_bytes_per_s = float("inf")
         self.cnic_bytes_per_s = float("inf")
         self.kv_bytes = model.kv_bytes
@@ -317,15 +316,10 @@ class Simulator:
         de_bytes = hit_bytes - pe_bytes
         parts = [3]  # prefill-side read, decode-side read, its crossing to the prefill node
 
-        layerwise = self.config.layerwise
-
         def part_done() -> None:
             parts[0] -= 1
             if parts[0] == 0:
-                if layerwise:
-                    pe.kv_loaded(d.rid)
-                else:
-                    pe.submit(d.rid, record.append, record.hit, prefilled)
+                pe.submit(d.rid, record.append, record.hit, prefilled)
 
         def prefilled() -> None:
             handoff = pe_bytes + self.model.kv_bytes(record.append)
@@ -350,8 +344,6 @@ class Simulator:
             self._turn_done(record)
             self._schedule()
 
-        if layerwise:  # queued now: it may start computing while its KV still arrives
-            pe.submit(d.rid, record.append, record.hit, prefilled, kv_ready=False)
         pe.node.snic.send(d.rid + ":pe", pe_bytes, part_done)
         de.node.snic.send(d.rid + ":de", de_bytes, part_done)
         pe.node.cnic.send(d.rid + ":cross", de_bytes, part_done)

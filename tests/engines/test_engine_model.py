@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,18 @@ def test_times_grow_with_work(name: str) -> None:
 def test_hopper_decode_fits_the_papers_tpot_slo_at_moderate_batch() -> None:
     m = EngineModel.named("ds-v3.2-660b")
     assert m.decode_step_s(64, 64 * 32_700) < 0.050  # TPOT SLO 50 ms
+
+
+def test_fp8_gemms_halve_only_the_linear_layers_time() -> None:
+    """DeepSeek's weights are FP8 and its GEMMs run in FP8 (DeepGEMM), twice the bf16 rate; the
+    attention stays at the bf16 rate."""
+    fp8 = EngineModel.named("ds-v3.2-660b")
+    bf16 = EngineModel(dataclasses.replace(fp8.model, gemm_speedup=1.0), fp8.node)
+    linear_bf16 = 2.0 * fp8.model.active_params * 1000
+    assert bf16.prefill_flops(1000, 30_000) - fp8.prefill_flops(1000, 30_000) == pytest.approx(
+        linear_bf16 / 2
+    )
+    assert MODELS["qwen2.5-32b"].gemm_speedup == 1.0  # bf16 weights
 
 
 def test_unknown_model_is_a_clear_error() -> None:

@@ -7,8 +7,9 @@ start (the later of their compute queue and their node's read queue) and by the 
 read queue; each is paired with the first decode engine, the best of them with the second. For
 each pair and read plan (prefill side, decode side, and the split that makes both routes finish
 together) TTFT is predicted (`prediction`), corrected by each engine's observed/predicted
-factor. Rank: TPOT within target first, then TTFT, then the earlier end of the read (storage-NIC
-balance), then TPOT (decode balance). A split is kept only when it lowers TTFT below both single
+factor. Rank: TPOT within target first, then TTFT, then storage-NIC balance (the route whose
+nodes read least of late, `NodeState.recent_reads_s`; then the earlier end of the read), then
+TPOT (decode balance). A split is kept only when it lowers TTFT below both single
 routes. The shortlists keep a decision O(k log n), not O(P × D).
 
 Dispatch when the best meets the request's deadline. When nothing does, dispatch anyway if its
@@ -31,7 +32,9 @@ from gateway.scheduler.request import SchedRequest
 SPLIT_GAIN = 0.01
 """A split must beat the better single route by this fraction of its TTFT to be worth it."""
 GRAIN = 0.01
-"""TTFTs and read ends closer than this fraction of the TTFT target rank as equal."""
+"""TTFTs within this fraction of the TTFT target of the best rank as equal."""
+BALANCE_SLACK = 0.1
+"""… and so do TTFTs within this share of the slack the best leaves before the deadline."""
 EXPLAINED = 6
 EPSILON_S = 1e-9
 """Candidates kept with a decision, best first."""
@@ -43,6 +46,15 @@ _FIRST = itemgetter(0)
 
 def _unique(engines: list[EngineState]) -> list[EngineState]:
     return list({e.index: e for e in engines}.values())
+
+
+def _booked(now: float, pe: EngineState, de: EngineState, share: float, hit: float) -> float:
+    """The larger recent reading (`NodeState.recent_reads_s`) of the nodes a read plan reads
+    on, once it is booked."""
+    end = pe.node.recent_reads_s(now, hit * share) if share > 0.0 else 0.0
+    if share < 1.0:
+        end = max(end, de.node.recent_reads_s(now, hit * (1.0 - share)))
+    return end
 
 
 class DualPathSLO:
@@ -100,7 +112,12 @@ class DualPathSLO:
         rated = self._rate(req, now, pes, decodes[:1])
         if len(decodes) > 1:
             rated += self._rate(req, now, [min(rated, key=_FIRST)[2]], decodes[1:])
-        rated.sort(key=_FIRST)
+        # TTFTs near the best tie, and balance decides among them: within a grain, or within a
+        # share of the slack the best leaves before the deadline (spent on balance, not lost).
+        best = min(rated, key=_FIRST)[0]
+        slack = req.deadline - now - best[1]
+        cutoff = best[1] + max(GRAIN * req.ttft_target_s, BALANCE_SLACK * slack)
+        rated.sort(key=lambda r: (r[0][0], 0.0 if r[0][1] <= cutoff else r[0][1], *r[0][2:]))
         _, missed, pe, _, _, _, tpot, loaded = rated[0]
         if missed:
             return Hold(f"every decode engine would exceed the TPOT target (best {tpot:.4f}s)")
@@ -115,9 +132,8 @@ class DualPathSLO:
         decodes: list[tuple[bool, float, EngineState]],
     ) -> list[_Rated]:
         """Every (prefill, decode, read plan) with its rank key: TPOT within target, TTFT, the
-        end of the read, TPOT, then registration order."""
+        nodes' recent reads, the end of the read, TPOT, then registration order."""
         c = self._config
-        per_grain = 1.0 / (GRAIN * req.ttft_target_s)
         rated: list[_Rated] = []
         turns: dict[int, TurnCost] = {}
         for pe in pes:
@@ -140,8 +156,11 @@ class DualPathSLO:
                     single = min(single, ttft)
                     key = (
                         missed,
-                        round(ttft * per_grain),
-                        loaded,  # exact: the storage NICs are the scarce resource
+                        ttft,
+                        # Storage-NIC balance: the route whose nodes read least of late, then
+                        # the earlier end of the read.
+                        _booked(now, pe, de, share, turn.hit_bytes),
+                        loaded,
                         tpot,
                         pe.index,
                         de.index,

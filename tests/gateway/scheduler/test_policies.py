@@ -120,10 +120,11 @@ def test_slo_splits_the_read_when_both_sides_are_idle() -> None:
     d = _decided(_place("dualpath-slo", state, request(hit=1000)))
     assert d.read_path == "split" and d.pe_share == pytest.approx(0.5)
     assert d.pe_share + d.de_share == 1.0
-    # 0.5 s to read each half, 0.1 s compute, 0.06 s handoff; a single route needs 1.11 s+
-    assert d.predicted_ttft_s == pytest.approx(0.66)
+    # 0.5 s to read each half, 0.1 s to copy it into HBM (not layer-wise), 0.1 s compute,
+    # 0.06 s handoff; a single route needs 1.21 s+
+    assert d.predicted_ttft_s == pytest.approx(0.76)
     singles = [c for c in d.candidates if c.read_path != "split"]
-    assert min(c.ttft_s for c in singles) == pytest.approx(1.11)
+    assert min(c.ttft_s for c in singles) == pytest.approx(1.21)
 
 
 def test_slo_without_split_reads_where_the_queue_is_short() -> None:
@@ -141,6 +142,21 @@ def test_slo_split_leans_to_the_idle_side() -> None:
     state.engines["p0"].node.snic_free_at = 0.6
     d = _decided(_place("dualpath-slo", state, request(hit=1000)))
     assert d.read_path == "split" and d.pe_share == pytest.approx(0.2)
+
+
+def test_slo_reads_where_the_nodes_read_least_of_late_when_ttft_ties() -> None:
+    """A 0.2 s read: every route's TTFT is within the slack's tenth of the best, so balance
+    decides. Idle nodes: the split (0.1 s on each). A prefill node that read 5 s of KV and has
+    drained its queue: the decode side, until those reads have decayed."""
+    state = cluster(1, 1)
+    d = _decided(_place("dualpath-slo", state, request(hit=200)))
+    assert d.read_path == "split"
+    state.engines["p0"].node.queue_read(0.0, 5e6)
+    d = _decided(_place("dualpath-slo", state, request(hit=200, at=6.0), now=6.0))
+    assert d.read_path == "de"
+    assert state.engines["p0"].node.read_q_s(6.0) == 0.0  # not the queue: the recent reads
+    d = _decided(_place("dualpath-slo", state, request(hit=200, at=100.0), now=100.0))
+    assert d.read_path == "split"
 
 
 def test_slo_takes_the_prefill_engine_with_the_shorter_queue() -> None:
