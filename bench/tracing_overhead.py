@@ -4,7 +4,7 @@ same gateway with tracing off, in one run, points interleaved.
 Starts the fake prefill and decode workers of `bench/gateway_overhead.py`, a real OTLP/HTTP
 receiver (`tests/support/otlp_receiver.py`, its own process) and two `dualpath serve` gateways in
 front of the same workers: `gateway` (no `OTEL_*`: tracing off, the default) and `gateway-traced`
-(`OTEL_TRACES_EXPORTER=otlp`, `http/protobuf` to the receiver, the SDK's default batching). Each
+(`OTEL_TRACES_EXPORTER=otlp`, `http/protobuf` to the receiver, default `OTEL_BSP_*` batching). Each
 point drives one of them with the pinned closed-loop streaming client; the two alternate at every
 (repeat, concurrency, client), their order flipped each repeat. Target (issue 7): tracing adds at
 most 5% to the E2E p50. Writes one JSON file and prints a table. See bench/README.md.
@@ -260,7 +260,7 @@ NOTES = [
     "Both gateways run the whole time in front of the same fake workers, pinned with them to the "
     "SUT CPU; only the one being measured gets load. The receiver is its own, unpinned process.",
     "gateway-traced exports every request's spans (request, session.identify, schedule, prefill, "
-    "decode; no KV store, so no kv.lookup) with the SDK's default batch processor; "
+    "decode; no KV store, so no kv.lookup) with the default OTEL_BSP_* batching; "
     "gateway-traced-R samples a fraction R of the requests (parentbased_traceidratio).",
     "receiver.spans counts every span that arrived, warm-up included (the gateways flush what "
     "they hold when they stop, before the count is read).",

@@ -1,19 +1,28 @@
-"""The gateway's span-export process: span rows in, the SDK's exporters out.
+"""The gateway's span-export process: span rows in, the exporters of `OTEL_*` out.
 
 `gateway/span_shipper.py` starts it (`python -m gateway.span_export FD`) with one end of a
-socket pair; each message is a JSON array of rows (`gateway.span_records.SpanRecord.row`). Here
-they become the SDK's `ReadableSpan`s and go through one `BatchSpanProcessor` per exporter the
-`OTEL_*` environment names (`engines.otel`): the same exporters, batching, bounds and resource
-as an in-process SDK, minus the SDK's cost on the gateway's event loop. End of input (the gateway
-closed its end, or died) flushes within `OTEL_BSP_EXPORT_TIMEOUT` and exits.
+socket pair; each message is a JSON array of rows (`gateway.span_records.SpanRecord.row`). The
+exporters are the ones the `OTEL_*` environment names (`engines.otel`), with the resource and
+batching of an in-process SDK, minus the SDK's cost on the gateway's event loop:
+
+- OTLP (HTTP or gRPC): each row is encoded straight into its protobuf `Span`
+  (`gateway.otlp_encoding`, several times cheaper than the SDK's objects; on a busy core this
+  process's CPU is the gateway's latency), batched under the `OTEL_BSP_*` bounds
+  (`gateway.otlp_batches`) and sent by the SDK exporter's own transport (`gateway.otlp_senders`);
+- any other (console, entry points): rows become the SDK's `ReadableSpan`s, through one
+  `BatchSpanProcessor` per exporter.
+
+End of input (the gateway closed its end, or died) flushes within `OTEL_BSP_EXPORT_TIMEOUT` and
+exits.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,12 +31,17 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from engines.otel import exporters_from_env, resource_for
+from engines.otel import exporter_names, exporters_from_env, resource_for
+from gateway.otlp_batches import BatchExporter, BatchLimits
+from gateway.otlp_encoding import SpanEncoder
+from gateway.otlp_senders import otlp_timeout_s, sender_for
 from gateway.span_records import MAX_MESSAGE
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import SpanProcessor
+
+log = logging.getLogger(__name__)
 
 SERVICE = "dualpath-gateway"
 SCOPE = InstrumentationScope("dualpath.gateway")
@@ -63,29 +77,86 @@ def readable(row: list[Any], resource: Resource) -> ReadableSpan:
     )
 
 
-def export_rows(rows: Iterable[list[Any]], resource: Resource, to: list[SpanProcessor]) -> None:
+def export_rows(rows: Iterable[list[Any]], resource: Resource, to: list[SpanProcessor]) -> int:
+    """Rows to the SDK's processors; how many were not spans (and were skipped)."""
+    bad = 0
     for row in rows:
-        span = readable(row, resource)
+        try:
+            span = readable(row, resource)
+        except Exception:  # not from our shipper; costs this span, not the others
+            bad += 1
+            continue
         for processor in to:
             processor.on_end(span)
+    return bad
+
+
+class Exporting:
+    """Where rows go: encoded to the OTLP batches, or rebuilt for the SDK's processors."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        """The OTLP senders' per-request timeout is the exporters' own, capped by
+        `OTEL_BSP_EXPORT_TIMEOUT`; the other exporters keep the SDK's handling of both."""
+        self.resource = resource_for(SERVICE)
+        names = exporter_names(env)
+        limits = BatchLimits.from_env(env)
+        timeout_s = min(otlp_timeout_s(env), limits.export_timeout_s)
+        self.encoder = SpanEncoder(
+            self.resource.attributes, SCOPE.name, SCOPE.version or "", self.resource.schema_url
+        )
+        self.batches: list[BatchExporter] = []
+        rest = []
+        for name in names:
+            sender = sender_for(name, timeout_s)
+            if sender is None:
+                rest.append(name)
+            else:
+                self.batches.append(BatchExporter(sender, self.encoder.request, limits, name))
+        others = exporters_from_env({"OTEL_TRACES_EXPORTER": ",".join(rest)}) if rest else []
+        self.processors: list[SpanProcessor] = [BatchSpanProcessor(e) for e in others]
+        self.bad_rows = 0
+        """Rows that described no span (dropped)."""
+
+    def rows(self, rows: list[list[Any]]) -> None:
+        bad = 0
+        if self.batches:
+            spans = []
+            for row in rows:
+                try:
+                    spans.append(self.encoder.span(row))
+                except Exception:  # not from our shipper; costs this span, not the others
+                    bad += 1
+            for batches in self.batches:
+                batches.add(spans)
+        if self.processors:
+            bad = max(bad, export_rows(rows, self.resource, self.processors))
+        self.bad_rows += bad
+
+    def close(self) -> None:
+        """Flush and stop every exporter, each bounded by `OTEL_BSP_EXPORT_TIMEOUT`."""
+        for batches in self.batches:
+            batches.close()
+        for processor in self.processors:
+            processor.shutdown()
+        if self.bad_rows:
+            log.warning("%d span rows described no span and were dropped", self.bad_rows)
 
 
 def main(fd: int) -> None:
     # Serving requests comes first: on a busy core this process yields to the gateway.
     os.nice(10)
     channel = socket.socket(fileno=fd)
-    resource = resource_for(SERVICE)
-    processors: list[SpanProcessor] = [BatchSpanProcessor(e) for e in exporters_from_env()]
+    exporting = Exporting(os.environ)
     try:
         while message := channel.recv(MAX_MESSAGE):
             try:
                 rows = orjson.loads(message)
             except orjson.JSONDecodeError:
                 continue  # cannot happen from our shipper; never let one message stop the rest
-            export_rows(rows, resource, processors)
+            if isinstance(rows, list):
+                exporting.rows(rows)
     finally:
-        for processor in processors:
-            processor.shutdown()  # flushes, bounded by OTEL_BSP_EXPORT_TIMEOUT
+        exporting.close()
         channel.close()
 
 
