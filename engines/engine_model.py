@@ -70,10 +70,10 @@ class NodeSpec:
     """Achieved fraction of peak HBM bandwidth."""
     step_overhead_s: float = 0.002
     """Fixed per-forward cost (kernel launches, scheduling, sampling)."""
-    kv_pool_bytes: float = 192 * GB
-    """HBM a decode node keeps for KV, after weights and activations (an assumption: the paper
-    gives no HBM figures; 192 GB is 4M tokens of DeepSeek-V3.2). In tokens it depends on the
-    model: a small model's KV is smaller, so the same pool holds more of it."""
+    hbm_bytes_per_gpu: float = 80 * GB
+    reserved_bytes_per_gpu: float = 0.0
+    """HBM per GPU that neither weights nor KV get: activations, CUDA graphs, communication
+    buffers. What is left after the weights is the KV pool (`EngineModel.kv_pool_tokens`)."""
 
     @property
     def flops(self) -> float:
@@ -147,15 +147,20 @@ MODELS: dict[str, ModelSpec] = {
     ),
 }
 
+# The paper's testbed: 8 Hopper GPUs a node, one node per engine, DeepSeek-V3.2's 671 GB of FP8
+# weights on each. Of the Hopper parts only the 141 GB H200 holds them with room for KV and the
+# compute the paper's throughput needs (8 × 80 GB cannot hold them; the H20 computes ~7× slower).
 HOPPER_NODE = NodeSpec(
-    name="8xH100",
+    name="8xH200",
     gpus=8,
     flops_per_gpu=989e12,
-    hbm_bytes_per_s_per_gpu=3.35e12,
+    hbm_bytes_per_s_per_gpu=4.8e12,
     snic_bytes_per_s=50 * GB,
     cnic_bytes_per_s=8 * 50 * GB,
     # MoE decode with expert parallelism pays all-to-all dispatch/combine on every step.
     step_overhead_s=0.010,
+    hbm_bytes_per_gpu=141 * GB,
+    reserved_bytes_per_gpu=12 * GB,  # an assumption: the paper gives no memory breakdown
 )
 
 # The demo "GPU": slow enough that a stream is visible, fast enough for tests.
@@ -169,7 +174,7 @@ TOY_NODE = NodeSpec(
     mfu=1.0,
     mbu=1.0,
     step_overhead_s=0.004,
-    kv_pool_bytes=4 * GB,
+    hbm_bytes_per_gpu=4.1 * GB,  # 4 GB of KV next to the tiny model's 0.1 GB
 )
 
 
@@ -222,8 +227,13 @@ class EngineModel:
 
     @property
     def kv_pool_tokens(self) -> int:
-        """Tokens of KV one decode engine holds."""
-        return int(self.node.kv_pool_bytes / self.model.kv_bytes_per_token)
+        """Tokens of KV one engine holds: its node's HBM less the reserve and the weights."""
+        n, m = self.node, self.model
+        free = n.gpus * (n.hbm_bytes_per_gpu - n.reserved_bytes_per_gpu)
+        free -= m.total_params * m.weight_bytes_per_param
+        if free <= 0:
+            raise ValueError(f"{m.name}'s weights do not fit in the HBM of a {n.name} node")
+        return int(free / m.kv_bytes_per_token)
 
     @property
     def layers(self) -> int:

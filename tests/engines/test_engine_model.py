@@ -67,6 +67,18 @@ def test_fp8_gemms_halve_only_the_linear_layers_time() -> None:
     assert MODELS["qwen2.5-32b"].gemm_speedup == 1.0  # bf16 weights
 
 
+def test_the_kv_pool_is_what_the_weights_leave_and_660b_needs_more_than_80_gb_gpus() -> None:
+    big = EngineModel.named("ds-v3.2-660b")
+    n = big.node
+    left = n.gpus * (n.hbm_bytes_per_gpu - n.reserved_bytes_per_gpu) - 671e9
+    assert big.kv_pool_tokens == int(left / big.model.kv_bytes_per_token)
+    h100 = dataclasses.replace(n, hbm_bytes_per_gpu=80e9)
+    with pytest.raises(ValueError, match="do not fit"):
+        _ = EngineModel(big.model, h100).kv_pool_tokens
+    # The same node holds many more tokens of a small model's smaller KV.
+    assert EngineModel.named("ds-27b").kv_pool_tokens > 5 * big.kv_pool_tokens
+
+
 def test_unknown_model_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="known"):
         EngineModel.named("gpt-9")
