@@ -2,7 +2,7 @@
 
 Two timings per iteration: `schedule` (the policy's placement plus the booking of the decision
 on the cluster state: what a request costs the gateway) and the placement alone (`place_only`).
-A cluster of N engines (N/2 prefill, N/2 decode, one node each, DeepSeek-V3.2 660B on 8×H100
+A cluster of N engines (N/2 prefill, N/2 decode, one node each, DeepSeek-V3.2 660B on 8×H200
 nodes from `engines.engine_model`) is loaded to a random but busy steady state (queues, tokens,
 requests in flight, seeded). Each iteration submits one agent turn (hit 8K–64K tokens, append
 100–900, output 50–300: agent-turn shapes), times both, then lets a random earlier request
