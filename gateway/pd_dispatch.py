@@ -44,7 +44,7 @@ from gateway.upstream_errors import classify, translate, worker_error
 from gateway.usage import SSEUsageFilter, patch_response_usage
 
 if TYPE_CHECKING:
-    from gateway.tracing import RequestTrace
+    from gateway.request_trace import RequestTrace
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class PDDispatcher:
             self._prefill_leg(pair.prefill.url + req.path, payload, prefill_headers)
         )
         prefill.add_done_callback(_settle(prefill_lease))
-        if trace is not None:
+        if trace is not None and trace.sampled:
             prefill.add_done_callback(trace.prefill_done)
         decode = asyncio.create_task(
             self._client.open(pair.decode.url + req.path, payload, decode_headers)
@@ -340,7 +340,8 @@ class PDDispatcher:
             first_at = time.monotonic()
             if on_first_chunk is not None:
                 on_first_chunk()
-            relay = self._relay(t, chunks, first, first_at, usage, on_complete, end)
+            watch = trace.watcher() if trace is not None else None
+            relay = self._relay(t, chunks, first, first_at, usage, on_complete, end, watch)
             return RelayResponse(relay, {**_SSE_HEADERS, **(response_headers or {})})
         patched, usage_obj = patch_response_usage(body)
         done = Completed(usage_obj, None, time.monotonic())
@@ -358,15 +359,25 @@ class PDDispatcher:
         usage: SSEUsageFilter,
         on_complete: OnComplete | None,
         on_end: OnEnd,
+        watch: Callable[[bytes], None] | None = None,
     ) -> AsyncIterator[bytes]:
+        """`watch`, when tracing samples this request, sees each chunk as it goes out: here,
+        rather than in another generator around this one, which would cost every chunk."""
         finished = False
         done: Completed | None = None
         try:
+            if watch is not None:
+                watch(first)
             yield first
             async for chunk in chunks:
                 if out := usage.feed(chunk):
+                    if watch is not None:
+                        watch(out)
                     yield out
-            yield usage.flush()
+            out = usage.flush()
+            if watch is not None:
+                watch(out)
+            yield out
             if _failed(t.prefill):
                 raise UpstreamError("the prefill leg failed", phase="prefill")
             finished = True

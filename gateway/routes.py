@@ -26,12 +26,13 @@ from gateway.openai_schema import (
 )
 from gateway.pd_dispatch import FORWARDED_HEADERS, Completed, PDDispatcher
 from gateway.request_parsing import ParsedRequest, check_content_type, parse_request, read_body
+from gateway.request_trace import RequestTrace
 from gateway.sched_request import sched_request
 from gateway.scheduler.request import SchedRequest
 from gateway.scheduling import LiveScheduler
 from gateway.session_turns import SessionTurns, Turn
 from gateway.settings import GatewaySettings
-from gateway.tracing import RequestTrace, Tracing
+from gateway.tracing import Tracing
 from session.identity import SESSION_HEADER
 
 

@@ -4,18 +4,19 @@ Building a request's six spans through the OpenTelemetry SDK costs about 0.3 ms 
 and encoding them to OTLP about as much again (bench/README.md, tracing overhead); the gateway's
 whole own cost per request is about 1.3 ms. So the gateway fills these records (a few µs each)
 and ships the ended ones, as JSON rows, to its span-export process (`gateway/span_export.py`),
-which turns them into the SDK's spans and exports them with the SDK's exporters. The records keep
-the SDK's meaning: W3C ids, the standard samplers (`OTEL_TRACES_SAMPLER`), span kinds and status
-codes by the API's numbers, the `exception` event's attributes.
+which encodes them straight to OTLP for the OTLP exporters and rebuilds the SDK's spans only for
+the others. The records keep the SDK's meaning: W3C ids, the standard samplers
+(`OTEL_TRACES_SAMPLER`), span kinds and status codes by the API's numbers, the `exception`
+event's attributes.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import time
 import traceback
 from collections.abc import Callable, Mapping
+from time import time_ns
 from typing import Any
 
 # opentelemetry.trace.SpanKind and StatusCode values, so the export side maps them one to one.
@@ -23,6 +24,7 @@ INTERNAL, SERVER, CLIENT = 0, 1, 2
 UNSET, OK, ERROR = 0, 1, 2
 
 _LOW_64 = (1 << 64) - 1
+_getrandbits = random.getrandbits  # the module's generator, one lookup fewer per id
 _SAMPLERS = (
     "always_on",
     "always_off",
@@ -55,6 +57,7 @@ class SpanRecord:
         "span_id",
         "start_ns",
         "status",
+        "trace_hex",
         "trace_id",
     )
 
@@ -65,28 +68,31 @@ class SpanRecord:
         parent_id: int,
         kind: int,
         attributes: dict[str, Any] | None,
-        *,
         sampled: bool = True,
         parent_remote: bool = False,
+        trace_hex: str = "",
     ) -> None:
+        """`attributes` becomes the span's own dict (not copied); `trace_hex` is `trace_id` as
+        32 hex digits, when the caller has it already (a trace's spans format it once)."""
         self.name = name
         self.trace_id = trace_id
-        self.span_id = random.getrandbits(64) or 1
+        self.trace_hex = trace_hex or f"{trace_id:032x}"
+        self.span_id = _getrandbits(64) or 1
         self.parent_id = parent_id
         self.parent_remote = parent_remote
         self.kind = kind
         self.sampled = sampled
-        self.attributes: dict[str, Any] = attributes if attributes is not None else {}
-        self.events: list[Row] = []
+        self.attributes: dict[str, Any] = {} if attributes is None else attributes
+        self.events: list[Row] | tuple[()] = ()  # a list once an event is added
         self.status = UNSET
         self.message = ""
-        self.start_ns = time.time_ns()
+        self.start_ns = time_ns()
         self.end_ns = 0
 
     @property
     def traceparent(self) -> str:
         """W3C `traceparent` naming this span as the parent."""
-        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
+        return f"00-{self.trace_hex}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
 
     def set_attribute(self, key: str, value: Any) -> None:
         self.attributes[key] = value
@@ -98,7 +104,9 @@ class SpanRecord:
         self.status, self.message = ERROR, message
 
     def add_event(self, name: str, attributes: Mapping[str, Any]) -> None:
-        self.events.append([name, time.time_ns(), dict(attributes)])
+        if not isinstance(self.events, list):
+            self.events = []
+        self.events.append([name, time_ns(), dict(attributes)])
 
     def record_exception(self, exc: BaseException) -> None:
         """The semantic conventions' `exception` event, as the SDK records it."""
@@ -117,7 +125,7 @@ class SpanRecord:
         """What the export process rebuilds the span from (JSON-safe; ids fit in 64 bits but
         the trace id does not, so it travels as hex)."""
         return [
-            f"{self.trace_id:032x}",
+            self.trace_hex,
             self.span_id,
             self.parent_id,
             self.parent_remote,
@@ -130,6 +138,12 @@ class SpanRecord:
             self.status,
             self.message,
         ]
+
+
+def unsampled_traceparent(trace_id: int) -> str:
+    """W3C `traceparent` for the workers of a request whose trace is not sampled: its trace, a
+    fresh parent span id (of a span never recorded), and the flag that says so."""
+    return f"00-{trace_id:032x}-{_getrandbits(64) or 1:016x}-00"
 
 
 class Sampler:
@@ -192,36 +206,43 @@ class Tracer:
         self.sampler = sampler
         self._ship = ship
 
-    def root(self, name: str, traceparent: str | None, attributes: dict[str, Any]) -> SpanRecord:
+    def sample(self, traceparent: str | None) -> tuple[int, int, bool]:
+        """(trace id, parent span id, sampled) of a root span continuing `traceparent` (a new
+        trace when it is absent or invalid; parent 0): the decision `root` starts a span with,
+        which an unsampled request needs without one (`unsampled_traceparent`)."""
         parent = parse_traceparent(traceparent) if traceparent else None
         if parent is None:
-            trace_id, parent_id, parent_sampled = random.getrandbits(128) or 1, 0, None
-        else:
-            trace_id, parent_id, parent_sampled = parent
-        sampled = self.sampler.sampled(trace_id, parent_sampled)
-        return SpanRecord(
-            name,
-            trace_id,
-            parent_id,
-            SERVER,
-            attributes,
-            sampled=sampled,
-            parent_remote=parent is not None,
-        )
+            trace_id = _getrandbits(128) or 1
+            return trace_id, 0, self.sampler.sampled(trace_id, None)
+        trace_id, parent_id, parent_sampled = parent
+        return trace_id, parent_id, self.sampler.sampled(trace_id, parent_sampled)
+
+    def root(
+        self, name: str, traceparent: str | None, attributes: dict[str, Any] | None = None
+    ) -> SpanRecord:
+        trace_id, parent_id, sampled = self.sample(traceparent)
+        return SpanRecord(name, trace_id, parent_id, SERVER, attributes, sampled, parent_id != 0)
 
     def child(
-        self, name: str, parent: SpanRecord, kind: int = INTERNAL, attributes: Any = None
+        self,
+        name: str,
+        parent: SpanRecord,
+        kind: int = INTERNAL,
+        attributes: dict[str, Any] | None = None,
     ) -> SpanRecord:
+        """`attributes` becomes the child's own dict (not copied)."""
         return SpanRecord(
             name,
             parent.trace_id,
             parent.span_id,
             kind,
-            dict(attributes or {}),
-            sampled=parent.sampled,
+            attributes,
+            parent.sampled,
+            False,
+            parent.trace_hex,
         )
 
     def end(self, span: SpanRecord) -> None:
-        span.end_ns = time.time_ns()
+        span.end_ns = time_ns()
         if span.sampled:
             self._ship(span.row())

@@ -29,6 +29,16 @@ def note_finish_reasons(data: bytes, reasons: list[str]) -> None:
             reasons.append(reason)
 
 
+def note_finish_reason_at(data: bytes, at: int, reasons: list[str]) -> None:
+    """Add the finish reason of the `"finish_reason":` key at `at` in `data` to `reasons`, if it
+    names one (not null): one anchored match instead of a scan of the whole of `data`."""
+    match = _FINISH.match(data, at)
+    if match is not None:
+        reason = match.group(1).decode()
+        if reason not in reasons and len(reasons) < MAX_FINISH_REASONS:
+            reasons.append(reason)
+
+
 def completion_text(data: bytes) -> str:
     """The generated text of a JSON answer or of an SSE stream's events."""
     events = [e[6:] for e in data.split(b"\n\n") if e.startswith(b"data: {")]

@@ -6,11 +6,12 @@ import os
 import random
 import signal
 
+import orjson
 import pytest
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
-from gateway.span_records import Row, Sampler, SpanRecord, Tracer, parse_traceparent
-from gateway.span_shipper import FLUSH_SPANS, MAX_BACKLOG, SpanShipper
+from gateway.span_records import MAX_MESSAGE, Row, Sampler, SpanRecord, Tracer, parse_traceparent
+from gateway.span_shipper import FLUSH_SPANS, MAX_BACKLOG, SpanShipper, _messages
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 1.0])
@@ -94,6 +95,29 @@ def _row(i: int) -> Row:
     span = SpanRecord(f"span-{i}", 1, 0, 0, {"i": i})
     span.end_ns = span.start_ns + 1
     return span.row()
+
+
+def test_a_batch_is_serialised_whole_or_split_to_fit() -> None:
+    messages, lost = _messages([_row(i) for i in range(3)])
+    ((message, spans),) = messages
+    assert lost == 0
+    assert spans == 3 and [row[4] for row in orjson.loads(message)] == [
+        "span-0",
+        "span-1",
+        "span-2",
+    ]
+    # Rows that one message cannot hold go in several; one JSON cannot carry, or too big for
+    # any message, is lost alone.
+    big = [_row(i) for i in range(8)]
+    for row in big:
+        row[8]["text"] = "x" * (MAX_MESSAGE // 5)
+    big[3][8]["bad"] = {1, 2}  # a set: not JSON
+    big[5][8]["text"] = "x" * MAX_MESSAGE
+    messages, lost = _messages(big)
+    assert lost == 2 and all(len(m) <= MAX_MESSAGE for m, _ in messages) and len(messages) > 1
+    names = [row[4] for m, _ in messages for row in orjson.loads(m)]
+    assert names == [f"span-{i}" for i in (0, 1, 2, 4, 6, 7)]
+    assert sum(spans for _, spans in messages) == 6
 
 
 @pytest.fixture

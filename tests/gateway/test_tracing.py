@@ -220,6 +220,60 @@ async def test_a_stream_cut_short_is_an_error(exporter: InMemorySpanExporter) ->
     assert (root.attributes or {})["error.type"] == "stream_aborted"
 
 
+def _choice_events(reasons: list[str | None]) -> bytes:
+    events = []
+    for index, reason in enumerate(reasons):
+        choice = {"index": index, "delta": {"content": "x"}, "finish_reason": reason}
+        events.append(b"data: " + orjson.dumps({"choices": [choice]}) + b"\n\n")
+    return b"".join(events)
+
+
+@pytest.mark.parametrize(
+    ("n", "chunks", "reasons"),
+    [
+        (1, [_choice_events([None]), _choice_events([None, None, "stop"])], ("stop",)),
+        (1, [_choice_events(["length"]) + b'data: {"choices":[],"usage":{}}\n\n'], ("length",)),
+        (2, [_choice_events(["length", None]), _choice_events([None, "stop"])], ("length", "stop")),
+    ],
+)
+def test_the_dispatchers_relay_shows_each_chunk(
+    exporter: InMemorySpanExporter, n: int, chunks: list[bytes], reasons: tuple[str, ...]
+) -> None:
+    """A stream relayed by the dispatcher is read in its own loop (`watcher`), not wrapped."""
+    trace = _tracing(exporter, False).request("/v1/chat/completions", {})
+    parsed = _parsed(True)
+    trace.session(ParsedRequest(parsed.path, {**parsed.body, "n": n}, "m", True, False, n), None)
+    watch = trace.watcher()
+    assert watch is not None
+    relay = RelayResponse(_stream(), {})
+    original = relay.chunks
+    assert trace.response(relay).chunks is original  # type: ignore[attr-defined]
+    for chunk in chunks:
+        watch(chunk)
+    trace.end(Completed(USAGE, time.monotonic(), time.monotonic()))
+    assert (_root(exporter.get_finished_spans()).attributes or {})[
+        "gen_ai.response.finish_reasons"
+    ] == reasons
+
+
+def test_an_unsampled_request_builds_nothing_and_says_so_upstream() -> None:
+    shipped: list[Row] = []
+    trace = Tracing(Tracer(Sampler("always_off"), shipped.append)).request("/v1/completions", {})
+    assert not trace.sampled and trace.watcher() is None
+    trace.stage("schedule")
+    wanted = SchedRequest("r", 0, 10, 5, 0.0, 4.0, 0.05)
+    pair = PDPair(Worker("http://p:1", "prefill"), Worker("http://d:2", "decode"))
+    trace.scheduled(Decision("r", "p", "d", 1.0, 0.1, 0.02, "basic", "", 0.0, 0.0), pair, wanted)
+    prefill, decode = trace.legs(pair, {"x-request-id": "a"})
+    assert prefill == decode and prefill["x-request-id"] == "a"
+    assert prefill["traceparent"].startswith("00-") and prefill["traceparent"].endswith("-00")
+    answer = Response(_answer(), media_type="application/json")
+    assert trace.response(answer) is answer
+    trace.end(Completed(USAGE, None, time.monotonic()))
+    trace.fail(Overloaded("the gateway is overloaded", retry_after_s=2))
+    assert not shipped
+
+
 def test_a_shed_request(exporter: InMemorySpanExporter) -> None:
     trace = _tracing(exporter, False).request("/v1/completions", {})
     trace.stage("schedule")
