@@ -104,8 +104,11 @@ class CancelOnDisconnect:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        if (watcher := self._watcher) is not None:
+            # Dropped before it ends: its CancelledError's traceback holds `self`, so keeping it
+            # would leave a reference cycle (some 30 objects a request) to the cyclic GC.
+            self._watcher = None
+            watcher.cancel()
         if not (self._gone and self._task is not None and self._task.cancelling()):
             return
         # Our cancel, and no one else's: the block's own cleanup (aborting both legs) has run.

@@ -4,7 +4,9 @@ failed, how breakers and drains reach the scheduler, and the client-disconnect g
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 
 import pytest
 from starlette.types import Message
@@ -153,6 +155,29 @@ async def test_no_disconnect_no_effect_and_outer_cancellation_stays_a_cancellati
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_the_guard_leaves_no_reference_cycle_behind() -> None:
+    """Its watcher task, cancelled on the way out, must be freed when it ends: kept by the guard
+    its cancellation's traceback holds, it cost every request ~30 objects of cyclic GC."""
+    never = asyncio.Event()
+
+    async def receive() -> Message:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    gc.collect()
+    gc.disable()
+    try:
+        async with CancelOnDisconnect(receive) as guard:
+            watcher = weakref.ref(guard._watcher)  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+        del guard
+        for _ in range(3):  # the watcher's cancellation runs on the loop
+            await asyncio.sleep(0)
+        assert watcher() is None
+    finally:
+        gc.enable()
 
 
 def test_the_knobs_are_read_from_the_environment() -> None:

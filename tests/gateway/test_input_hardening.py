@@ -4,6 +4,7 @@ uvicorn server on a socket (header limits live below the app, in `gateway.http_l
 
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import threading
@@ -14,11 +15,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-import uvicorn
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.request_parsing import parse_request, read_body
-from gateway.server import uvicorn_config
+from gateway.server import GatewayServer, uvicorn_config
 from gateway.settings import GatewaySettings, LimitsConfig, load_settings
 from tests.support.procs import free_port, wait_http_ok
 
@@ -238,7 +238,7 @@ def server() -> Iterator[str]:
     """The gateway app (no workers: a parsed request ends at 404 model_not_found) under the
     same uvicorn configuration as `dualpath serve`, in a thread."""
     settings = GatewaySettings(port=free_port(), limits=LIMITS)
-    srv = uvicorn.Server(uvicorn_config(settings))
+    srv = GatewayServer(uvicorn_config(settings))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{settings.port}"
@@ -248,6 +248,7 @@ def server() -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(15)
+        gc.unfreeze()  # what the server froze is this test process's
 
 
 def _exchange(base: str, data: bytes, *more: bytes) -> bytes:
@@ -271,6 +272,10 @@ def _status_and_error(answer: bytes) -> tuple[int, dict[str, Any]]:
 
 
 HEALTH = b"GET /health HTTP/1.1\r\nHost: gw\r\n"
+
+
+def test_the_started_server_froze_its_startup_objects_out_of_the_cyclic_gc(server: str) -> None:
+    assert gc.get_freeze_count() > 0
 
 
 def test_a_header_block_over_the_byte_limit_is_431(server: str) -> None:
