@@ -1,8 +1,9 @@
 """`basic`: the paper's baseline: prefill-side reads only, the least-loaded engines by tokens.
 
-`basic-dual` is the paper's ablation step between `basic` and `dualpath`: the same placement,
-with each request read on the side whose node has the shorter read queue (dual-path loading
-without the dual-path scheduling).
+`basic-dual` is the paper's ablation step between `basic` and `dualpath` (Fig. 12): the same
+placement, with dual-path loading but without the dual-path scheduling, so the read side
+alternates (round robin, the baseline the paper's §5.6 measures DualPath scheduling against)
+instead of following the shorter read queue (§4.4, part of the scheduling).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Basic:
 
     def __init__(self, config: SchedulerConfig) -> None:
         self._config = config
+        self._reads = 0
 
     def place(self, req: SchedRequest, cluster: ClusterState, now: float) -> Decision | Hold:
         found = engines_for(req, cluster)
@@ -31,12 +33,10 @@ class Basic:
         pe = min(pes, key=lambda e: (e.tok, e.index))
         de = min(des, key=lambda e: (e.tok, e.index))
         share, side = 1.0, "prefill"
-        if (
-            self.dual_reads
-            and "de" in shared_paths(pe, de)
-            and de.node.read_q_bytes(now) < pe.node.read_q_bytes(now)
-        ):
-            share, side = 0.0, "decode"
+        if self.dual_reads and "de" in shared_paths(pe, de):
+            self._reads += 1
+            if self._reads % 2 == 0:
+                share, side = 0.0, "decode"
         chosen = candidate(now, pe, de, req, share, self._config.layerwise)
         return decide(req, chosen, self.name, f"fewest tokens, {side}-side read", now)
 

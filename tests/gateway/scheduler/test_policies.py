@@ -246,11 +246,11 @@ def test_slo_breaks_a_tie_towards_the_prefill_side() -> None:
     assert d.read_path == "pe"
 
 
-def test_basic_dual_keeps_basic_placement_but_reads_on_the_shorter_queue() -> None:
+def test_basic_dual_keeps_basic_placement_and_alternates_the_read_side() -> None:
     state = cluster(2, 2)
     state.engines["p0"].tok = 5000
-    state.engines["p1"].node.snic_free_at = 2.0
-    d = _decided(_place("basic-dual", state, request()))
-    assert (d.prefill, d.decode, d.read_path) == ("p1", "d0", "de")
-    state.engines["p1"].node.snic_free_at = 0.0
-    assert _decided(_place("basic-dual", state, request())).read_path == "pe"
+    state.engines["p1"].node.snic_free_at = 2.0  # a long read queue it does not look at
+    policy = make_policy(SchedulerConfig(policy="basic-dual"))
+    sides = [_decided(policy.place(request(), state, 0.0)) for _ in range(4)]
+    assert {(d.prefill, d.decode) for d in sides} == {("p1", "d0")}
+    assert [d.read_path for d in sides] == ["pe", "de", "pe", "de"]
