@@ -8,6 +8,7 @@ and in virtual time.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -103,10 +104,14 @@ class PrefillQueue:
 
 @dataclass(slots=True)
 class DecodeSeq:
+    """A sequence to decode. Running in a `DecodeBatch`, its `generated` and `context_tokens`
+    are as of the batch's step `synced` (`DecodeBatch.generated` gives the current count)."""
+
     rid: str
     context_tokens: int
     max_new_tokens: int
     generated: int = 0
+    synced: int = 0
 
     @property
     def done(self) -> bool:
@@ -148,6 +153,11 @@ class DecodeBatch:
 
     A sequence is admitted while the batch has room (`max_running`) and its context fits into the
     KV pool (`max_total_tokens`); otherwise it waits in FIFO order.
+
+    Every running sequence takes every step, so the batch counts steps once (`_clock`) instead
+    of advancing each sequence: a run of steps costs O(log n) plus the sequences that start or
+    finish, not O(batch) (a simulated decode engine holds hundreds of sequences and ends a run
+    whenever one of them finishes or joins).
     """
 
     model: EngineModel
@@ -156,6 +166,18 @@ class DecodeBatch:
     max_waiting: int = 4096
     waiting: deque[DecodeSeq] = field(default_factory=deque)
     running: dict[str, DecodeSeq] = field(default_factory=dict)
+    _clock: int = 0
+    """Steps the batch has taken."""
+    _ends: list[tuple[int, int, DecodeSeq]] = field(default_factory=list)
+    """(the step at which a running sequence finishes, admission order, it): a heap; entries of
+    sequences that left are dropped when they surface."""
+    _admitted: int = 0
+    _fresh: list[DecodeSeq] = field(default_factory=list)
+    """Admitted with no token yet, in admission order."""
+    _context_base: int = 0
+    """Σ (context − synced) over running sequences: their context is this + count × clock."""
+    _used_base: int = 0
+    """Σ (context + max new − synced) over running sequences (`used_tokens`, likewise)."""
 
     def add(self, seq: DecodeSeq) -> bool:
         if len(self.waiting) >= self.max_waiting:
@@ -164,7 +186,9 @@ class DecodeBatch:
         return True
 
     def abort(self, rid: str) -> bool:
-        if self.running.pop(rid, None) is not None:
+        seq = self.running.pop(rid, None)
+        if seq is not None:
+            self._forget(seq)
             return True
         for seq in self.waiting:
             if seq.rid == rid:
@@ -172,12 +196,22 @@ class DecodeBatch:
                 return True
         return False
 
+    def generated(self, rid: str) -> int:
+        """Tokens a running sequence has generated so far."""
+        seq = self.running[rid]
+        return seq.generated + self._clock - seq.synced
+
     @property
     def used_tokens(self) -> int:
-        return sum(s.context_tokens + s.max_new_tokens for s in self.running.values())
+        """Σ (context + max new tokens) over the running sequences."""
+        return self._used_base + len(self.running) * self._clock
+
+    def _context(self) -> int:
+        return self._context_base + len(self.running) * self._clock
 
     def _admit(self) -> None:
         used = self.used_tokens
+        clock = self._clock
         while self.waiting and len(self.running) < self.max_running:
             seq = self.waiting[0]
             need = seq.context_tokens + seq.max_new_tokens
@@ -185,15 +219,57 @@ class DecodeBatch:
             if self.running and used + need > self.max_total_tokens:
                 break
             self.waiting.popleft()
+            seq.synced = clock
             self.running[seq.rid] = seq
+            self._context_base += seq.context_tokens - clock
+            self._used_base += need - clock
+            self._admitted += 1
+            end = clock + max(seq.max_new_tokens - seq.generated, 0)
+            heapq.heappush(self._ends, (end, self._admitted, seq))
+            if seq.generated == 0:
+                self._fresh.append(seq)
             used += need
+
+    def _forget(self, seq: DecodeSeq) -> None:
+        """Take a sequence that left `running` out of the sums."""
+        self._context_base -= seq.context_tokens - seq.synced
+        self._used_base -= seq.context_tokens + seq.max_new_tokens - seq.synced
+
+    def _tick(self, steps: int) -> tuple[list[str], list[str]]:
+        """`steps` steps of every running sequence: which produced their first token, and
+        which finished (and left), each in admission order."""
+        started: list[str] = []
+        if steps > 0:
+            running = self.running
+            started = [s.rid for s in self._fresh if running.get(s.rid) is s]
+            self._fresh.clear()
+        self._clock = clock = self._clock + steps
+        finished: list[str] = []
+        ends = self._ends
+        while ends and ends[0][0] <= clock:
+            seq = heapq.heappop(ends)[2]
+            if self.running.get(seq.rid) is not seq:
+                continue  # aborted earlier
+            del self.running[seq.rid]
+            self._forget(seq)
+            taken = clock - seq.synced
+            seq.generated += taken
+            seq.context_tokens += taken
+            seq.synced = clock
+            finished.append(seq.rid)
+        return started, finished
+
+    def _first_end(self) -> int:
+        ends, running = self._ends, self.running
+        while running.get(ends[0][2].rid) is not ends[0][2]:
+            heapq.heappop(ends)  # aborted: dropped for good
+        return ends[0][0]
 
     def next_step(self) -> DecodeStep | None:
         self._admit()
         if not self.running:
             return None
-        context = sum(s.context_tokens for s in self.running.values())
-        duration = self.model.decode_step_s(len(self.running), context)
+        duration = self.model.decode_step_s(len(self.running), self._context())
         return DecodeStep(tuple(self.running), duration)
 
     def next_run(self) -> DecodeRun | None:
@@ -201,42 +277,25 @@ class DecodeBatch:
         self._admit()
         if not self.running:
             return None
-        seqs = self.running.values()
-        steps = min(s.max_new_tokens - s.generated for s in seqs)
+        steps = self._first_end() - self._clock
         batch = len(self.running)
-        context = sum(s.context_tokens for s in seqs)
         # Contexts grow by one token per sequence per step: time the run at its mean context.
-        step_s = self.model.decode_step_s(batch, context + batch * (steps - 1) // 2)
+        step_s = self.model.decode_step_s(batch, self._context() + batch * (steps - 1) // 2)
         return DecodeRun(tuple(self.running), steps, step_s)
 
     def advance(self, run: DecodeRun, steps: int) -> tuple[list[str], list[str]]:
-        """Apply `steps` steps of `run` (at most `run.steps`): which sequences produced their
-        first token, and which finished (and left the batch)."""
-        started: list[str] = []
-        finished: list[str] = []
-        for rid in run.rids:
-            seq = self.running.get(rid)
-            if seq is None:  # aborted meanwhile
-                continue
-            if seq.generated == 0 and steps > 0:
-                started.append(rid)
-            seq.generated += steps
-            seq.context_tokens += steps
-            if seq.done:
-                del self.running[rid]
-                finished.append(rid)
-        return started, finished
+        """Apply `steps` steps of `run` (at most `run.steps`; the batch's latest run, as nothing
+        joins between `next_run` and this): which sequences produced their first token, and
+        which finished (and left the batch)."""
+        return self._tick(min(steps, run.steps))
 
     def finish_step(self, step: DecodeStep) -> list[TokenEmitted]:
-        out: list[TokenEmitted] = []
+        running, clock = self.running, self._clock
+        emitted = []
         for rid in step.rids:
-            seq = self.running.get(rid)
-            if seq is None:  # aborted while the step ran
-                continue
-            index = seq.generated
-            seq.generated += 1
-            seq.context_tokens += 1
-            out.append(TokenEmitted(rid, index, seq.done))
-            if seq.done:
-                del self.running[rid]
-        return out
+            seq = running.get(rid)
+            if seq is not None:  # not aborted while the step ran
+                index = seq.generated + clock - seq.synced
+                emitted.append(TokenEmitted(rid, index, index + 1 >= seq.max_new_tokens))
+        self._tick(1)
+        return emitted

@@ -33,6 +33,7 @@ RANKINGS: dict[str, Key] = {
     "seq": attrgetter("seq"),
     "read_q": attrgetter("node.snic_free_at"),
     "ready": lambda e: max(e.compute_free_at, e.node.snic_free_at),
+    "kv_free": lambda e: -e.kv_free_tokens,  # the most free KV memory first
 }
 """What `ClusterState.ranked` can order engines by (absolute values: time keeps the order)."""
 SCAN_MAX = 8

@@ -75,10 +75,15 @@ class DualPathSLO:
         def fits(d: EngineState) -> bool:
             return has_memory(d, req)
 
-        leaders = cluster.leaders("decode", ("tok", "seq", "read_q"), fits)
+        # The roomiest first: when it cannot hold the request none can, found without walking
+        # every decode engine (a cluster short of KV memory holds, and retries, many requests).
+        roomiest = cluster.ranked("decode", "kv_free", 1)
+        if not roomiest:
+            return Hold("no healthy decode engine")
+        leaders = (
+            cluster.leaders("decode", ("tok", "seq", "read_q"), fits) if fits(roomiest[0]) else []
+        )
         if not leaders:
-            if not cluster.healthy("decode"):
-                return Hold("no healthy decode engine")
             need = req.prompt_tokens + req.output_tokens
             return Hold(f"no healthy decode engine has KV memory for {need} tokens")
         light, few, freest = leaders

@@ -33,6 +33,19 @@ def test_every_policy_skips_a_decode_engine_without_memory(name: str) -> None:
         assert _decided(_place(name, state, request())).decode == "d1"
 
 
+def test_slo_finds_the_one_decode_engine_with_memory_among_many() -> None:
+    state = cluster(2, 12, kv_capacity_tokens=100_000)  # past SCAN_MAX: the ranked path
+    for i in range(12):
+        engine = state.engines[f"d{i}"]
+        engine.kv_reported_used = 99_000 if i != 7 else 0
+        state.touch(engine)
+    assert _decided(_place("dualpath-slo", state, request())).decode == "d7"
+    state.engines["d7"].kv_reported_used = 99_500
+    state.touch(state.engines["d7"])
+    verdict = _place("dualpath-slo", state, request())
+    assert isinstance(verdict, Hold) and "KV memory" in verdict.reason
+
+
 @pytest.mark.parametrize("name", sorted(POLICIES))
 def test_every_policy_holds_without_a_healthy_engine(name: str) -> None:
     state = cluster(1, 1)
