@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from overhead import machine, report, runner, targets
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
@@ -136,11 +137,18 @@ def systems(
                 raise RuntimeError(f"{name} did not start: {started[name].skipped}")
         yield started
     finally:
+        shipped = {}
+        for name, t in started.items():
+            if name != OFF and t.port:
+                with contextlib.suppress(OSError, ValueError):
+                    shipped[name] = span_counts(t.port)
         for t in started.values():
             for proc in t.procs:
                 targets.stop(proc)
         with contextlib.suppress(OSError):
             received.update(receiver_stats(endpoint))
+        # Every span a gateway shipped should arrive: the receiver's count against these.
+        received["gateway_spans"] = shipped
         if workers is not None:
             targets.stop(workers.prefill)
             targets.stop(workers.decode)
@@ -246,6 +254,20 @@ def _ratio(a: object, b: object) -> float | None:
     return float(a) / float(b) if ok else None  # type: ignore[arg-type]
 
 
+def span_counts(port: int) -> dict[str, float]:
+    """A gateway's `dualpath_trace_spans` by outcome (shipped, dropped), from its /metrics."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    return {
+        sample.labels["outcome"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "dualpath_trace_spans"
+        for sample in family.samples
+        if sample.name == "dualpath_trace_spans_total"
+    }
+
+
 def receiver_stats(endpoint: str) -> dict[str, object]:
     with urllib.request.urlopen(endpoint + "/_stats", timeout=5) as r:
         stats: dict[str, object] = json.loads(r.read())
@@ -263,7 +285,9 @@ NOTES = [
     "decode; no KV store, so no kv.lookup) with the default OTEL_BSP_* batching; "
     "gateway-traced-R samples a fraction R of the requests (parentbased_traceidratio).",
     "receiver.spans counts every span that arrived, warm-up included (the gateways flush what "
-    "they hold when they stop, before the count is read).",
+    "they hold when they stop, before the count is read). receiver.gateway_spans: each traced "
+    "gateway's dualpath_trace_spans (shipped to its export process, or dropped) just before it "
+    "stopped; with nothing lost on the way, receiver.spans equals the shipped total.",
 ]
 
 
@@ -352,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if not args.no_table:
         print_table(result)
+    spans = received.get("gateway_spans") or {}
+    shipped = sum(c.get("shipped", 0) for c in spans.values())  # type: ignore[union-attr]
+    dropped = sum(c.get("dropped", 0) for c in spans.values())  # type: ignore[union-attr]
+    _log(f"spans: shipped {shipped:.0f}, dropped {dropped:.0f}, received {received.get('spans')}")
     _log(f"wrote {args.out}")
     return 0
 
