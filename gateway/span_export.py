@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Iterable, Mapping
@@ -142,38 +143,14 @@ class Exporting:
             log.warning("%d span rows described no span and were dropped", self.bad_rows)
 
 
-PRIORITY_ENV = "DUALPATH_SPAN_EXPORT_PRIORITY"
-PRIORITIES = ("idle", "low")
-
-
-def export_priority(env: Mapping[str, str]) -> str:
-    """`idle` (the default) or `low`, from `DUALPATH_SPAN_EXPORT_PRIORITY`; anything else is
-    `idle`, with a warning."""
-    wanted = env.get(PRIORITY_ENV, "idle").strip().lower() or "idle"
-    if wanted not in PRIORITIES:
-        log.warning("%s=%r is not one of %s; using idle", PRIORITY_ENV, wanted, PRIORITIES)
-        return "idle"
-    return wanted
-
-
-def yield_to_serving(priority: str) -> str:
-    """Serving requests comes first. `idle`: this process runs only on CPU the gateway and its
-    neighbours leave idle (Linux `SCHED_IDLE`); on a core with none, rows wait in the bounded
-    backlog and, past it, are dropped and counted (`dualpath_trace_spans{outcome="dropped"}`).
-    `low`: nice 10, a small share of a busy core too (also where `SCHED_IDLE` is missing).
-    Returns what applies."""
-    if priority == "idle" and hasattr(os, "SCHED_IDLE"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            return "idle"
-        except OSError:
-            pass
-    os.nice(10)
-    return "low"
-
-
 def main(fd: int) -> None:
-    yield_to_serving(export_priority(os.environ))
+    # Serving requests comes first: on a busy core this process yields to the gateway.
+    os.nice(10)
+    # The channel alone ends this process (end of input: flush, exit). A stop signal sent to the
+    # gateway's whole process group or cgroup (`dualpath up`, Ctrl-C, systemd) would otherwise
+    # kill it before the gateway's shutdown has handed over, and it has flushed, the last spans.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = socket.socket(fileno=fd)
     exporting = Exporting(os.environ)
     try:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from engines.otel import OTLP_GRPC, OTLP_HTTP
 from gateway.otlp_encoding import SpanEncoder
 from gateway.otlp_senders import otlp_timeout_s, sender_for
-from gateway.span_export import export_priority
 from gateway.span_records import Row
 from tests.support.otlp_receiver import OtlpReceiver
 from tests.support.procs import REPO, free_port
@@ -217,8 +217,8 @@ def test_the_export_process_encodes_batches_and_flushes_at_end_of_input() -> Non
         ours.send(b"not json")  # skipped, not fatal
         ours.send(orjson.dumps([rows[5], ["not", "a", "span"]]))  # the bad row only is lost
         receiver.wait_for(lambda spans: len(spans) >= 4, timeout=20)  # a full batch went
-        if hasattr(os, "SCHED_IDLE"):  # it runs only on CPU that serving leaves idle
-            assert os.sched_getscheduler(proc.pid) == os.SCHED_IDLE
+        proc.send_signal(signal.SIGTERM)  # as a stop of the gateway's process group: no effect
+        proc.send_signal(signal.SIGINT)
         ours.close()
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0
@@ -227,11 +227,3 @@ def test_the_export_process_encodes_batches_and_flushes_at_end_of_input() -> Non
         assert {s.service for s in spans} == {"export-test"}
         assert {s.scope for s in spans} == {"dualpath.gateway"}
         assert out.decode().count('"name": "span-') == 6  # the console exporter's JSON
-
-
-@pytest.mark.parametrize(
-    ("value", "priority"), [(None, "idle"), ("low", "low"), (" IDLE ", "idle"), ("fast", "idle")]
-)
-def test_the_export_priority_is_read_from_the_environment(value: str | None, priority: str) -> None:
-    env = {} if value is None else {"DUALPATH_SPAN_EXPORT_PRIORITY": value}
-    assert export_priority(env) == priority
