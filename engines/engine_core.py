@@ -113,10 +113,6 @@ class DecodeSeq:
     generated: int = 0
     synced: int = 0
 
-    @property
-    def done(self) -> bool:
-        return self.generated >= self.max_new_tokens
-
 
 @dataclass(frozen=True, slots=True)
 class DecodeStep:
