@@ -24,19 +24,20 @@ def cut(text: str) -> str:
 def note_finish_reasons(data: bytes, reasons: list[str]) -> None:
     """Add the finish reasons named in `data` to `reasons` (distinct, at most a few)."""
     for match in _FINISH.finditer(data):
-        reason = match.group(1).decode()
-        if reason not in reasons and len(reasons) < MAX_FINISH_REASONS:
-            reasons.append(reason)
+        _note(match, reasons)
 
 
 def note_finish_reason_at(data: bytes, at: int, reasons: list[str]) -> None:
     """Add the finish reason of the `"finish_reason":` key at `at` in `data` to `reasons`, if it
     names one (not null): one anchored match instead of a scan of the whole of `data`."""
-    match = _FINISH.match(data, at)
-    if match is not None:
-        reason = match.group(1).decode()
-        if reason not in reasons and len(reasons) < MAX_FINISH_REASONS:
-            reasons.append(reason)
+    if (match := _FINISH.match(data, at)) is not None:
+        _note(match, reasons)
+
+
+def _note(match: re.Match[bytes], reasons: list[str]) -> None:
+    reason = match.group(1).decode()
+    if reason not in reasons and len(reasons) < MAX_FINISH_REASONS:
+        reasons.append(reason)
 
 
 def completion_text(data: bytes) -> str:
