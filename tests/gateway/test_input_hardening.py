@@ -18,7 +18,7 @@ import pytest
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.request_parsing import parse_request, read_body
-from gateway.server import GatewayServer, uvicorn_config
+from gateway.server import GC_YOUNG_THRESHOLD, GatewayServer, uvicorn_config
 from gateway.settings import GatewaySettings, LimitsConfig, load_settings
 from tests.support.procs import free_port, wait_http_ok
 
@@ -238,6 +238,7 @@ def server() -> Iterator[str]:
     """The gateway app (no workers: a parsed request ends at 404 model_not_found) under the
     same uvicorn configuration as `dualpath serve`, in a thread."""
     settings = GatewaySettings(port=free_port(), limits=LIMITS)
+    threshold = gc.get_threshold()
     srv = GatewayServer(uvicorn_config(settings))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
@@ -248,7 +249,8 @@ def server() -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(15)
-        gc.unfreeze()  # what the server froze is this test process's
+        gc.unfreeze()  # what the server froze and set is this test process's
+        gc.set_threshold(*threshold)
 
 
 def _exchange(base: str, data: bytes, *more: bytes) -> bytes:
@@ -276,6 +278,10 @@ HEALTH = b"GET /health HTTP/1.1\r\nHost: gw\r\n"
 
 def test_the_started_server_froze_its_startup_objects_out_of_the_cyclic_gc(server: str) -> None:
     assert gc.get_freeze_count() > 0
+
+
+def test_the_started_server_collects_young_objects_less_often(server: str) -> None:
+    assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD
 
 
 def test_a_header_block_over_the_byte_limit_is_431(server: str) -> None:

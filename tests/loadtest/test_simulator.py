@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import random
 
@@ -15,6 +16,7 @@ from gateway.scheduler.policies.base import Policy
 from gateway.scheduler.request import SchedRequest
 from loadtest.metrics import SLO, RequestSample
 from loadtest.sim.simulator import (
+    GC_YOUNG_THRESHOLD,
     SimAgent,
     SimConfig,
     SimResult,
@@ -65,6 +67,23 @@ def test_the_same_workload_gives_the_same_run() -> None:
     a, b = _run("dualpath-slo", agents), _run("dualpath-slo", agents)
     assert a.events == b.events and a.jct_s == b.jct_s
     assert a.samples == b.samples
+
+
+def test_a_run_collects_rarely_and_leaves_the_gc_as_it_found_it() -> None:
+    seen: list[tuple[int, int]] = []
+
+    class Watched:  # a `TurnSpec`
+        append, output = 300, 10
+
+        @property
+        def tool_s(self) -> float:  # read as a turn is sent: during the run
+            seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+            return 0.0
+
+    before = gc.get_threshold(), gc.get_freeze_count()
+    _run("dualpath-slo", [SimAgent((Watched(), Watched()))])  # type: ignore[arg-type]
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
+    assert seen and all(t == GC_YOUNG_THRESHOLD and frozen > 0 for t, frozen in seen)
 
 
 @pytest.mark.parametrize("policy", ["round_robin", "cache_aware", "basic", "dualpath"])

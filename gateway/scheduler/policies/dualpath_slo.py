@@ -20,9 +20,10 @@ deadline first, so the oldest goes next and none starves.
 
 from __future__ import annotations
 
+from itertools import takewhile
 from operator import itemgetter
 
-from gateway.scheduler.cluster_state import ClusterState, EngineState
+from gateway.scheduler.cluster_state import RANKINGS, ClusterState, EngineState
 from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.decision import Candidate, Decision, Hold
 from gateway.scheduler.policies.base import decide, has_memory, shared_paths
@@ -36,8 +37,11 @@ GRAIN = 0.01
 BALANCE_SLACK = 0.1
 """… and so do TTFTs within this share of the slack the best leaves before the deadline."""
 EXPLAINED = 6
-EPSILON_S = 1e-9
 """Candidates kept with a decision, best first."""
+EPSILON_S = 1e-9
+FEW_WITH_ROOM = 8
+"""Up to this many decode engines with KV memory for a request are compared directly."""
+_DECODE_KEYS = ("tok", "seq", "read_q")
 
 # (rank key, TPOT missed, prefill, decode, prefill share, TTFT, TPOT, end of the read)
 _Rated = tuple[tuple[object, ...], bool, EngineState, EngineState, float, float, float, float]
@@ -75,17 +79,24 @@ class DualPathSLO:
         def fits(d: EngineState) -> bool:
             return has_memory(d, req)
 
-        # The roomiest first: when it cannot hold the request none can, found without walking
-        # every decode engine (a cluster short of KV memory holds, and retries, many requests).
-        roomiest = cluster.ranked("decode", "kv_free", 1)
+        # The roomiest first: when they cannot hold the request none can, found without
+        # walking every decode engine (a cluster short of KV memory holds, and retries, many
+        # requests). In free-memory order the engines with room come first: when few have room
+        # they are all here, and are compared directly rather than by walking each ranking past
+        # the full ones.
+        roomiest = cluster.ranked("decode", "kv_free", FEW_WITH_ROOM + 1)
         if not roomiest:
             return Hold("no healthy decode engine")
-        leaders = (
-            cluster.leaders("decode", ("tok", "seq", "read_q"), fits) if fits(roomiest[0]) else []
-        )
-        if not leaders:
+        room = list(takewhile(fits, roomiest))
+        if not room:
             need = req.prompt_tokens + req.output_tokens
             return Hold(f"no healthy decode engine has KV memory for {need} tokens")
+        if len(room) > FEW_WITH_ROOM:
+            leaders = cluster.leaders("decode", _DECODE_KEYS, fits)
+        else:
+            leaders = [
+                min(room, key=lambda e, k=RANKINGS[by]: (k(e), e.index)) for by in _DECODE_KEYS
+            ]
         light, few, freest = leaders
         rated = []
         for d in (light,) if few is light else (light, few):

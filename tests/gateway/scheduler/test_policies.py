@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.decision import Decision, Hold
@@ -44,6 +46,43 @@ def test_slo_finds_the_one_decode_engine_with_memory_among_many() -> None:
     state.touch(state.engines["d7"])
     verdict = _place("dualpath-slo", state, request())
     assert isinstance(verdict, Hold) and "KV memory" in verdict.reason
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    used=st.lists(st.integers(0, 100_000), min_size=9, max_size=30),
+    tok=st.lists(st.integers(0, 3), min_size=30, max_size=30),
+    seq=st.lists(st.integers(0, 3), min_size=30, max_size=30),
+    read=st.lists(st.integers(0, 3), min_size=30, max_size=30),
+)
+def test_slo_compares_few_decode_engines_with_room_as_the_rankings_would(
+    used: list[int], tok: list[int], seq: list[int], read: list[int]
+) -> None:
+    """Few engines with room are compared directly; many, by walking the rankings past the
+    full ones: the same engines either way, ties included (small values make many)."""
+    from gateway.scheduler.policies import dualpath_slo
+
+    def verdicts(few: int) -> list[Decision | Hold]:
+        state = cluster(2, len(used), kv_capacity_tokens=100_000)  # past SCAN_MAX: rankings
+        for i, u in enumerate(used):
+            d = state.engines[f"d{i}"]
+            d.kv_reported_used, d.tok, d.seq = u, 1000 * tok[i], seq[i]
+            d.node.snic_free_at = float(read[i])
+            state.touch(d)
+        policy = make_policy(SchedulerConfig(policy="dualpath-slo"))
+        old, dualpath_slo.FEW_WITH_ROOM = dualpath_slo.FEW_WITH_ROOM, few
+        try:
+            return [policy.place(request(rid="r"), state, 0.0) for _ in range(2)]
+        finally:
+            dualpath_slo.FEW_WITH_ROOM = old
+
+    direct, walked = verdicts(len(used)), verdicts(0)
+    for a, b in zip(direct, walked, strict=True):
+        assert type(a) is type(b)
+        if isinstance(a, Decision) and isinstance(b, Decision):
+            assert (a.prefill, a.decode, a.pe_share) == (b.prefill, b.decode, b.pe_share)
+        else:
+            assert a == b
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
