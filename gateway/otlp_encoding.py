@@ -4,8 +4,8 @@ The span-export process used to rebuild each row as the SDK's `ReadableSpan` for
 exporter to encode: Python objects for every span, event and attribute, then protobuf messages
 for each again. Here a row (`gateway.span_records.SpanRecord.row`) becomes its `Span` message's
 bytes directly, and what repeats from span to span is encoded once: the resource and scope
-(`SpanEncoder.request`), each span's name and kind, whole attribute fields for strings and
-integers, the key part of floats and booleans (bounded caches). The bytes are the ones the SDK's
+(`SpanEncoder.request`), each span's name and kind, whole attribute fields for strings,
+integers and short arrays of strings, the key part of floats and booleans (bounded caches). The bytes are the ones the SDK's
 encoder (`opentelemetry.exporter.otlp.proto.common.trace_encoder.encode_spans`) makes of the same
 row, its rules included: a value protobuf cannot carry (an integer outside int64) loses its
 attribute, not the span; a status message travels only with ERROR; `flags` says whether the
@@ -22,6 +22,8 @@ MAX_CACHED = 4096
 """Bound on each cache of encoded fields; a full cache starts over."""
 _MAX_CACHED_STRING = 64
 """Longer string values are likely unique (messages, stack traces): not cached."""
+_MAX_CACHED_ITEMS = 4
+"""Arrays of up to this many short strings are cached whole."""
 
 # A tag is (field number << 3) | wire type: 0 varint, 1 fixed64, 2 length-delimited, 5 fixed32.
 _FIRST, _SECOND, _THIRD = b"\x0a", b"\x12", b"\x1a"  # fields 1, 2, 3, length-delimited
@@ -148,6 +150,21 @@ class _Attributes:
                 if both is None:
                     both = self._bools_of(key)
                 out.append(both[value])
+            elif kind is list and len(value) <= _MAX_CACHED_ITEMS:  # finish reasons and the like
+                items = tuple(value)
+                try:
+                    # Only arrays of strings are cached, and only strings equal strings.
+                    field = pairs.get((key, items))  # type: ignore[arg-type]
+                except TypeError:  # an unhashable item: a nested array, a map
+                    field = None
+                if field is None:
+                    try:
+                        field = _field(self._tag, key_value(key, value))
+                    except (ValueError, TypeError):
+                        continue
+                    if all(v.__class__ is str and len(v) <= _MAX_CACHED_STRING for v in items):
+                        _bounded(self._pairs)[(key, items)] = field  # type: ignore[index]
+                out.append(field)
             else:
                 try:
                     out.append(_field(self._tag, key_value(key, value)))

@@ -158,6 +158,16 @@ def test_cached_fields_tell_true_from_1_and_keys_apart() -> None:
     assert_same(batch)
 
 
+def test_cached_arrays_of_strings_tell_their_items_apart() -> None:
+    """Arrays of strings are cached whole: a repeat, and arrays equal to none of them."""
+    batch = [_row({"a": ["stop"]}), _row({"a": ["stop"]}), _row({"a": ["stop", "length"]}),
+             _row({"a": [1]}), _row({"a": [True]}), _row({"a": [1]}), _row({"a": [["stop"]]}),
+             _row({"a": ["stop"]}), _row({"b": ["stop"]}), _row({"a": ["x" * 100]}),
+             _row({"a": ["x" * 100]})]  # fmt: skip
+    assert_same(batch)
+    assert_same(orjson.loads(orjson.dumps(batch)))
+
+
 def test_caches_stay_bounded() -> None:
     encoder = SpanEncoder({}, "s")
     for i in range(3 * MAX_CACHED):
