@@ -159,12 +159,9 @@ class _Attributes:
                 except TypeError:  # an unhashable item: a nested array, a map
                     field = None
                 if field is None:
-                    try:
-                        field = _field(self._tag, key_value(key, value))
-                    except (ValueError, TypeError):
+                    field = self._array(key, items)
+                    if field is None:
                         continue
-                    if all(v.__class__ is str and len(v) <= _MAX_CACHED_STRING for v in items):
-                        _bounded(self._pairs)[(key, items)] = field  # type: ignore[index]
                 out.append(field)
             else:
                 try:
@@ -180,6 +177,15 @@ class _Attributes:
             return None
         if not isinstance(value, str) or len(value) <= _MAX_CACHED_STRING:
             _bounded(self._pairs)[(key, value)] = field
+        return field
+
+    def _array(self, key: str, items: tuple[Any, ...]) -> bytes | None:
+        try:
+            field = _field(self._tag, key_value(key, items))
+        except (ValueError, TypeError):  # an item the SDK cannot encode either
+            return None
+        if all(v.__class__ is str and len(v) <= _MAX_CACHED_STRING for v in items):
+            _bounded(self._pairs)[(key, items)] = field  # type: ignore[index]
         return field
 
     def _float_head(self, key: str) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Literal
@@ -36,6 +36,14 @@ RANKINGS: dict[str, Key] = {
     "kv_free": lambda e: -e.kv_free_tokens,  # the most free KV memory first
 }
 """What `ClusterState.ranked` can order engines by (absolute values: time keeps the order)."""
+
+
+def leaders_among(pool: Sequence[EngineState], keys: tuple[str, ...]) -> list[EngineState]:
+    """For each of `keys`, the engine of a non-empty `pool` with the smallest key (`RANKINGS`),
+    ties to the earlier registered, in whatever order `pool` comes."""
+    return [min(pool, key=lambda e, k=RANKINGS[key]: (k(e), e.index)) for key in keys]
+
+
 SCAN_MAX = 8
 """Up to this many engines of a role, `ranked` scans them all (exact, and no index to keep)."""
 BALANCE_WINDOW_S = 10.0
@@ -271,7 +279,7 @@ class ClusterState:
             found = [self._rankings[role][key].smallest(1, accept) for key in keys]
             return [f[0] for f in found] if all(found) else []
         pool = engines if accept is None else [e for e in engines if accept(e)]
-        return [min(pool, key=RANKINGS[key]) for key in keys] if pool else []
+        return leaders_among(pool, keys) if pool else []
 
     def reconcile(self, engine_id: str, report: LoadReport) -> None:
         engine = self.engines.get(EngineId(engine_id))

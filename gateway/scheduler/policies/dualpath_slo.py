@@ -23,7 +23,7 @@ from __future__ import annotations
 from itertools import takewhile
 from operator import itemgetter
 
-from gateway.scheduler.cluster_state import RANKINGS, ClusterState, EngineState
+from gateway.scheduler.cluster_state import ClusterState, EngineState, leaders_among
 from gateway.scheduler.config import SchedulerConfig
 from gateway.scheduler.decision import Candidate, Decision, Hold
 from gateway.scheduler.policies.base import decide, has_memory, shared_paths
@@ -94,9 +94,7 @@ class DualPathSLO:
         if len(room) > FEW_WITH_ROOM:
             leaders = cluster.leaders("decode", _DECODE_KEYS, fits)
         else:
-            leaders = [
-                min(room, key=lambda e, k=RANKINGS[by]: (k(e), e.index)) for by in _DECODE_KEYS
-            ]
+            leaders = leaders_among(room, _DECODE_KEYS)
         light, few, freest = leaders
         rated = []
         for d in (light,) if few is light else (light, few):
