@@ -81,7 +81,7 @@ def test_counters_move_as_requests_flow_through_a_real_gateway() -> None:
         _every_worker_reporting(base)
         before = _scrape(base)
         asyncio.run(run())
-        after = _scrape(base)
+        after = _reported_since(base, before)
         workers = httpx.get(base + "/ready", timeout=10).json()["workers"]
 
     def moved(name: str, **labels: str) -> float:
@@ -127,6 +127,18 @@ def _every_worker_reporting(base: str, timeout: float = 60) -> None:
         if all(w["healthy"] and w["load"] is not None for w in workers):
             return
         assert time.monotonic() < deadline, workers
+        time.sleep(0.05)  # a poll interval, not a wait for an event we could observe
+
+
+def _reported_since(base: str, before: Values, timeout: float = 30) -> Values:
+    """A scrape once a load report newer than the run's reads is in: the node counters come from
+    the workers' `/v1/loads`, polled every 0.25 s, and on a loaded machine the poll lags."""
+    deadline = time.monotonic() + timeout
+    while True:
+        after = _scrape(base)
+        read = _sum(after, "dualpath_snic_read_bytes_total")
+        if read > _sum(before, "dualpath_snic_read_bytes_total") or time.monotonic() > deadline:
+            return after  # past the deadline the assertions say what did not move
         time.sleep(0.05)  # a poll interval, not a wait for an event we could observe
 
 
