@@ -7,9 +7,9 @@ inside its hit (`TurnPlan.probe_points`), and the hit is cut back to the end of 
 of probed blocks that are all there.
 
 The check may only lower the estimate, and never fails a request: past `timeout_s`, or when the
-store raises, or when it is down (a down store answers every key as missing, so an all-missing
-answer is believed only from a store that says it is available), the turn keeps the session's
-estimate and the failure is counted.
+store raises, or when it is down, the turn keeps the session's estimate and the failure is
+counted. A failed look-up answers every key as missing (the store contract), so an all-missing
+answer is believed only when a second look-up agrees with no store error counted around it.
 """
 
 from __future__ import annotations
@@ -89,12 +89,22 @@ class HitProbe:
         return hit
 
     async def _ask(self, keys: list[bytes]) -> list[bool]:
+        present = await self._exists(keys)
+        if any(present):
+            return present  # a partial answer proves the store is up and answered
+        # All missing is rare (a whole chain evicted, a flushed store) but it is also what a
+        # failed look-up answers (the store contract: misses, not an exception), and a store
+        # that is up again by the time we ask would vouch for it. So believe it only from a
+        # second look-up with no store error counted around it.
+        before = await self.store.stats()
+        present = await self._exists(keys)
+        after = await self.store.stats()
+        if not (before.available and after.available and after.errors == before.errors):
+            raise _ProbeFailed("the store is unavailable or failed the look-up")
+        return present
+
+    async def _exists(self, keys: list[bytes]) -> list[bool]:
         present = await self.store.exists(keys)
         if len(present) != len(keys):
             raise _ProbeFailed(f"exists answered {len(present)} flags for {len(keys)} keys")
-        # By the store contract a down backend answers "missing" instead of raising; a partial
-        # answer proves the store is up, an all-missing one needs its word (rare: a whole chain
-        # evicted, or a flushed store).
-        if not any(present) and not (await self.store.stats()).available:
-            raise _ProbeFailed("the store is unavailable")
         return present

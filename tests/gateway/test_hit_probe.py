@@ -156,6 +156,56 @@ async def test_through_the_real_store_server(embedded: EmbeddedKVStore) -> None:
             await client.close()
 
 
+@contextlib.asynccontextmanager
+async def _dropping_first_connection(upstream: str) -> AsyncIterator[str]:
+    """A real TCP proxy to `upstream` that hangs up on its first connection unanswered (an idle
+    keep-alive connection the server closed as the client reused it looks the same)."""
+    host, port = upstream.removeprefix("http://").split(":")
+    dropped = False
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal dropped
+        if not dropped:
+            dropped = True
+            await reader.read(1 << 16)
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_failed_look_up_is_not_taken_for_an_evicted_chain(
+    embedded: EmbeddedKVStore,
+) -> None:
+    """The failed `exists` answers all-missing and the store is up again by the time it is
+    asked: the probe looks again rather than cutting the hit to nothing."""
+    plan, keys = await _agent_plan()
+    await _stored(embedded, keys)
+    async with serving(embedded) as url, _dropping_first_connection(url) as flaky:
+        client = HTTPKVStore(flaky, timeout_s=2.0)
+        try:
+            probe = HitProbe(client, 1.0)  # generous: this machine is shared
+            assert await probe.confirmed_hit(plan) == plan.hit_tokens
+            c = probe.counters
+            assert (c.confirmed, c.lowered) == (1, 0) and (await client.stats()).errors == 1
+        finally:
+            await client.close()
+
+
 async def test_a_store_nobody_serves_keeps_the_estimate() -> None:
     plan, _ = await _agent_plan()
     client = HTTPKVStore(f"http://127.0.0.1:{free_port()}", timeout_s=2.0)
