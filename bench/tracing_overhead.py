@@ -115,9 +115,11 @@ def systems(
     gateways first (flushing their spans), then fill `received` with the receiver's count."""
     cpus = set(args.sut_cpus) if args.sut_cpus else None
     port = targets.free_port()
+    # The receiver stands for a collector, which is no more the gateway than the client is: it
+    # shares the client's core, not the gateway's.
     receiver = targets.spawn(
         [sys.executable, "-m", "tests.support.otlp_receiver", "--port", str(port)],
-        None,
+        {args.client_cpu} if args.client_cpu is not None else None,
         args.logdir / "otlp-receiver.log",
     )
     endpoint = f"http://127.0.0.1:{port}"
@@ -280,7 +282,8 @@ NOTES = [
     "added_sut_cpu_fraction are medians over repeats of each repeat's traced/untraced ratio; "
     "added_e2e_p50_fraction_of_medians compares the medians instead.",
     "Both gateways run the whole time in front of the same fake workers, pinned with them to the "
-    "SUT CPU; only the one being measured gets load. The receiver is its own, unpinned process.",
+    "SUT CPU; only the one being measured gets load. The receiver (a collector's stand-in, "
+    "keep-alive) is its own process, pinned with the client to the client's CPU.",
     "gateway-traced exports every request's spans (request, session.identify, schedule, prefill, "
     "decode; no KV store, so no kv.lookup) with the default OTEL_BSP_* batching; "
     "gateway-traced-R samples a fraction R of the requests (parentbased_traceidratio).",

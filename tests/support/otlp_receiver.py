@@ -123,6 +123,9 @@ class OtlpReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as a collector: HTTP/1.0 would make every exporter reconnect per batch.
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *_: Any) -> None:  # quiet: tests read spans, not logs
                 pass
 
