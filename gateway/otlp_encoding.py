@@ -6,11 +6,11 @@ for each again. Here a row (`gateway.span_records.SpanRecord.row`) becomes its `
 bytes directly, and what repeats from span to span is encoded once: the resource and scope
 (`SpanEncoder.request`), each span's name and kind, whole attribute fields for strings,
 integers and short arrays of strings, the key part of floats and booleans (bounded caches). The
-bytes are the ones the SDK's encoder
-(`opentelemetry.exporter.otlp.proto.common.trace_encoder.encode_spans`) makes of the same row, its
-rules included: a value protobuf cannot carry (an integer outside int64) loses its
-attribute, not the span; a status message travels only with ERROR; `flags` says whether the
-parent was remote. tests/gateway/test_otlp_encoding.py holds it to that.
+bytes are the ones the SDK's encoder (`opentelemetry.exporter.otlp.proto.common.trace_encoder.
+encode_spans`) makes of the same row, its rules included: a value protobuf cannot carry (an
+integer outside int64) loses its attribute, not the span; a status message travels only with
+ERROR; `flags` says whether the parent was remote. tests/gateway/test_otlp_encoding.py holds it
+to that.
 """
 
 from __future__ import annotations
