@@ -66,7 +66,9 @@ async def mooncake(sizing: Sizing) -> AsyncIterator[KVStore]:
             segment_bytes=max(sizing.capacity_bytes, 16 << 20),
             buffer_bytes=16 << 20,
             metrics=master.metrics_address,
-            timeout_s=2.0,
+            # Setup takes ~50 ms; the bound is for a master that never answers, and no contract
+            # test waits on it, so it leaves room for a host that stalls for seconds (CI's).
+            timeout_s=10.0,
         )
         try:
             yield store
